@@ -16,6 +16,8 @@ pub mod authorize;
 pub mod model;
 pub mod table;
 
-pub use authorize::{authorize, authorize_request, Authorizer, Denied, DenyReason, Permit};
+pub use authorize::{
+    authorize, authorize_request, Authorizer, Denied, DenyReason, MatchProblem, Permit,
+};
 pub use model::*;
 pub use table::{PolicyTable, Snapshot};
