@@ -39,7 +39,6 @@ pub mod source;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use portcullis_policy::{PolicyTable, Snapshot};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +58,9 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colors only for a terminal; log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
@@ -79,8 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )));
 
     // Policy first: connections are decided against it from the start.
-    let ready = source::start(&config, table.clone(), metrics.clone())
-        .context("starting the policy source")?;
+    let ready = source::start(&config, table.clone(), metrics.clone());
     let enforcer = Enforcer::new(table.clone(), metrics.clone());
     tokio::spawn(enforcer.clone().revoke_on_update());
 
