@@ -84,6 +84,12 @@ impl Proxy {
     /// `--inbound-addr` (unless given), and waits until `/live` answers.
     /// `PORTCULLIS_*` variables of the test environment are not inherited.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
+        Self::start_with_nofile(args, None)
+    }
+
+    /// Like [`Proxy::start`], with the open-file limit (`ulimit -n`) set to
+    /// `nofile` when given, to exercise descriptor exhaustion.
+    pub fn start_with_nofile<S: AsRef<str>>(args: &[S], nofile: Option<u64>) -> Proxy {
         let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
         let has = |flag: &str| args.iter().any(|a| a == flag);
         let admin = free_addr();
@@ -104,7 +110,17 @@ impl Proxy {
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let stderr = std::fs::File::create(&log).expect("create log file");
-        let mut cmd = std::process::Command::new(bin("portcullis"));
+        let mut cmd = match nofile {
+            None => std::process::Command::new(bin("portcullis")),
+            Some(n) => {
+                // `exec` keeps the pid: signals and /proc reach the proxy.
+                let mut c = std::process::Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin("portcullis"));
+                c
+            }
+        };
         for (k, _) in std::env::vars() {
             if k.starts_with("PORTCULLIS_") {
                 cmd.env_remove(k);
