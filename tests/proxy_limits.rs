@@ -54,7 +54,9 @@ async fn a_silent_client_is_handled_as_opaque_after_the_detect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_client_cannot_hold_detection_past_the_timeout() {
     // The app records what it receives and when.
-    let got: Arc<Mutex<Option<(Instant, Vec<u8>)>>> = Arc::new(Mutex::new(None));
+    /// When the first byte arrived, and every byte.
+    type Received = Option<(Instant, Vec<u8>)>;
+    let got: Arc<Mutex<Received>> = Arc::new(Mutex::new(None));
     let seen = got.clone();
     let app = tcp_app(move |mut s| {
         let seen = seen.clone();
