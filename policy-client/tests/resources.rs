@@ -300,6 +300,15 @@ fn document_level_errors() {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
             &[("spec", "required")],
         ),
+        // Names of every kind must be Kubernetes names (`--workload ns/pod`).
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: dem/o}\nspec: {containers: []}\n",
+            &[("metadata.namespace", "not a valid namespace name")],
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: 'a b'}\nspec: {template: {spec: {containers: []}}}\n",
+            &[("metadata.name", "not a valid resource name")],
+        ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}\n",
             &[("spec.containers[0].ports[0].containerPort", "out of range")],
