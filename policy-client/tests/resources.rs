@@ -225,9 +225,11 @@ fn error_display_names_file_doc_resource_and_field() {
         "{}",
         errs[0]
     );
-    assert!(errs[0]
-        .to_string()
-        .starts_with("test.yaml:1 Server/ns/s: spec.podSelecter: unknown field \"podSelecter\""));
+    // As README's "Resources" section shows it.
+    assert_eq!(
+        errs[0].to_string(),
+        "test.yaml:1 Server/ns/s: spec.podSelecter: unknown field \"podSelecter\" (did you mean \"podSelector\"?); expected one of podSelector, port, proxyProtocol"
+    );
 
     // No resource known: the part is left out.
     let errs = errors("- a\n- b\n");
