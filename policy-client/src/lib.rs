@@ -21,7 +21,9 @@ pub mod selector;
 pub mod table;
 pub mod validate;
 
-pub use authorize::{authorize, authorize_request, Authorizer, Denied, DenyReason, Permit};
+pub use authorize::{
+    authorize, authorize_request, Authorizer, Denied, DenyReason, MatchProblem, Permit,
+};
 pub use compile::{compile, CompileError, Compiled};
 pub use model::*;
 pub use resources::{ResourceError, ResourceErrors, Resources};
