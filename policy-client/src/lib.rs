@@ -13,7 +13,9 @@
 //! ```
 
 pub mod authorize;
+pub mod client;
 pub mod model;
+pub mod proto;
 pub mod table;
 
 pub use authorize::{authorize, authorize_request, Authorizer, Denied, DenyReason, Permit};
