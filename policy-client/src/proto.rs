@@ -1236,7 +1236,8 @@ mod tests {
     #[test]
     fn malformed_messages_name_the_field() {
         let ok = || opaque_server(vec![authz(pb::meta::metadata::Kind::Default("all".into()))]);
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::Server)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::Server)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("protocol", Box::new(|s| s.protocol = None)),
             (
                 "protocol.kind",
