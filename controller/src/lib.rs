@@ -12,4 +12,8 @@
 //! Policy logic lives in `portcullis-policy`; this crate only wires it to
 //! files, flags and the network.
 
+pub mod check;
+pub mod cli;
 pub mod grpc;
+pub mod serve;
+pub mod validate;
