@@ -378,6 +378,30 @@ pub fn sniff_http(buf: &[u8]) -> Sniff<HttpDetect> {
     }
 }
 
+/// Checks the sniffers' contract on `data` and panics on a violation: no
+/// panic on any bytes, and a verdict never changes with more bytes (a
+/// prefix that matched or was rejected stays so; "incomplete" may go
+/// either way). Shared by the fuzz target `detect` and the property test.
+#[doc(hidden)]
+pub fn check_sniffers(data: &[u8]) {
+    fn stable<T: PartialEq + std::fmt::Debug>(data: &[u8], sniff: impl Fn(&[u8]) -> Sniff<T>) {
+        let full = sniff(data);
+        // Every short prefix, then evenly spaced cut points: linear cost.
+        let step = (data.len() / 32).max(1);
+        let cuts = (0..data.len().min(64)).chain((64..data.len()).step_by(step));
+        for n in cuts {
+            match sniff(&data[..n]) {
+                Sniff::Incomplete => {}
+                decided => assert_eq!(decided, full, "verdict at {n} bytes changed with more"),
+            }
+        }
+    }
+    stable(data, sniff_tls);
+    stable(data, sniff_h2);
+    stable(data, sniff_http1);
+    stable(data, sniff_http);
+}
+
 /// An I/O that first replays the bytes read during detection, then reads
 /// from the inner I/O; writes go straight through.
 #[derive(Debug)]
@@ -592,6 +616,36 @@ mod tests {
             assert_eq!(sniff_http1(bad), Sniff::NotThis, "{bad:?}");
         }
         assert_eq!(sniff_http(b"*1\r\n"), Sniff::NotThis);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn verdicts_never_change_with_more_bytes(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            check_sniffers(&data);
+        }
+
+        #[test]
+        fn protocol_lookalikes_keep_their_verdicts(
+            head in proptest::sample::select(vec![
+                b"GET / HTTP/1.1\r\n".to_vec(),
+                H2_PREFACE.to_vec(),
+                vec![HANDSHAKE, 0x03, 0x01, 0x00, 0x30, CLIENT_HELLO, 0x00, 0x00, 0x2c],
+            ]),
+            cut in 0usize..40,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        ) {
+            let mut data = head[..cut.min(head.len())].to_vec();
+            data.extend_from_slice(&tail);
+            check_sniffers(&data);
+        }
+    }
+
+    #[test]
+    fn captured_inputs_keep_their_verdicts() {
+        check_sniffers(&client_hello("web.example.com"));
+        check_sniffers(&fragmented(&client_hello("a.b"), 3));
+        check_sniffers(H2_PREFACE);
+        check_sniffers(b"POST /x HTTP/1.1\r\nHost: a\r\n\r\nbody");
     }
 
     #[tokio::test]
