@@ -399,9 +399,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 async fn accept_errors_from_descriptor_exhaustion_back_off() {
     let app = echo_app().await;
     let (listen, m) = map(app.port());
-    let proxy = Proxy::start_with_nofile(
+    let proxy = Proxy::start_with(
         &["--map", &m, "--opaque-ports", &app.port().to_string()],
         Some(40),
+        &[],
     );
     // Each proxied connection holds two descriptors; 40 clients exhaust 40.
     let mut clients = Vec::new();

@@ -499,3 +499,44 @@ async fn proxy_protocol_set_skips_detection_and_unknown_detects() {
     assert_eq!(detections(greet.port()), 0.0, "opaque: no detection");
     assert_eq!(detections(by_annotation.port()), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_of_an_http1_server_reaches_the_app_in_http1() {
+    let app = http_app().await;
+    let p = app.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = policy_file(
+        &dir,
+        &resources(
+            &[p],
+            "",
+            "",
+            &(server("web", p, "HTTP/1") + &authz_networks("all", "web", "0.0.0.0/0")),
+        ),
+    );
+    let (listen, m) = map(p);
+    let _proxy = Proxy::start(&[
+        "--map",
+        &m,
+        "--policy-file",
+        path.to_str().unwrap(),
+        "--workload",
+        "demo/web",
+    ]);
+    let mut tx = h2c(listen).await;
+    let (status, headers, body, _) = read(
+        tx.send_request(
+            http::Request::post("http://web.example:8080/up?q=1")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"down")))
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-seen-version"], "HTTP/1.1", "the app speaks HTTP/1");
+    assert_eq!(headers["x-seen-host"], "web.example:8080", ":authority becomes Host");
+    assert_eq!(headers["x-seen-path"], "/up");
+    assert_eq!(&body[..], b"down");
+}

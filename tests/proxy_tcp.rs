@@ -308,3 +308,87 @@ async fn denied_tls_passthrough_is_closed() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_can_come_from_the_environment_and_logs_can_be_json() {
+    let a = echo_app().await;
+    let b = echo_app().await;
+    let (la, ma) = map(a.port());
+    let (lb, mb) = map(b.port());
+    let maps = format!("{ma},{mb}");
+    let ports = format!("{},{}", a.port(), b.port());
+    let proxy = Proxy::start_with::<&str>(
+        &["--log-format", "json"],
+        None,
+        &[
+            ("PORTCULLIS_MAP", &maps),
+            ("PORTCULLIS_OPAQUE_PORTS", &ports),
+            ("PORTCULLIS_DEFAULT_POLICY", "deny"),
+        ],
+    );
+    for listen in [la, lb] {
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        let _ = c.write_all(b"x").await;
+        assert!(read_until_closed(&mut c, Duration::from_secs(3))
+            .await
+            .expect("denied: closed")
+            .is_empty());
+    }
+    assert_eq!(a.connections() + b.connections(), 0);
+    assert_eq!(
+        proxy.wait_metric(
+            "inbound_tcp_authz_deny_total",
+            &[("srv_name", "deny")],
+            2.0,
+            Duration::from_secs(2)
+        ),
+        2.0
+    );
+    // Every log line is a JSON object; denials carry their fields.
+    assert!(proxy.wait_log(&["\"denied\""], Duration::from_secs(2)));
+    let mut denials = 0;
+    for line in proxy.logs().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["fields"]["message"] == "denied" {
+            denials += 1;
+            assert_eq!(v["level"], "INFO");
+            assert_eq!(v["fields"]["identity"], "none");
+            assert_eq!(v["fields"]["server"], "default/deny");
+            assert!(v["fields"]["client"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"));
+        }
+    }
+    assert_eq!(denials, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listeners_and_clients_work() {
+    let app = echo_app().await;
+    let listen: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&[
+        "--map",
+        &format!("{listen}={}", app.port()),
+        "--opaque-ports",
+        &app.port().to_string(),
+    ]);
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"six").await.unwrap();
+    let mut b = [0u8; 3];
+    c.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"six");
+    assert_eq!(
+        proxy.metric(
+            "inbound_tcp_authz_allow_total",
+            &[("target_ip", "::1"), ("target_port", &app.port().to_string())]
+        ),
+        1.0,
+        "{}",
+        proxy.metrics()
+    );
+}

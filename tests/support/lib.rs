@@ -84,12 +84,17 @@ impl Proxy {
     /// `--inbound-addr` (unless given), and waits until `/live` answers.
     /// `PORTCULLIS_*` variables of the test environment are not inherited.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
-        Self::start_with_nofile(args, None)
+        Self::start_with(args, None, &[])
     }
 
     /// Like [`Proxy::start`], with the open-file limit (`ulimit -n`) set to
-    /// `nofile` when given, to exercise descriptor exhaustion.
-    pub fn start_with_nofile<S: AsRef<str>>(args: &[S], nofile: Option<u64>) -> Proxy {
+    /// `nofile` when given (to exercise descriptor exhaustion), and extra
+    /// environment variables (e.g. `PORTCULLIS_*` instead of flags).
+    pub fn start_with<S: AsRef<str>>(
+        args: &[S],
+        nofile: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
         let has = |flag: &str| args.iter().any(|a| a == flag);
         let admin = free_addr();
@@ -128,6 +133,7 @@ impl Proxy {
         }
         cmd.args(&all)
             .env("PORTCULLIS_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
