@@ -520,3 +520,41 @@ async fn sigterm_closes_long_connections_after_the_grace_period() {
         .await
         .is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_keeps_its_slot_until_it_ends() {
+    let app = http_app().await;
+    let (listen, m) = map(app.port());
+    let proxy = Proxy::start(&["--map", &m, "--max-connections", "1"]);
+    let mut tx = h1(listen).await;
+    let req = http::Request::get("/ws")
+        .header("host", "web")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(rsp).await.unwrap());
+    io.write_all(b"1").await.unwrap();
+    let mut b = [0u8; 1];
+    io.read_exact(&mut b).await.unwrap();
+    // The splice outlives the HTTP server of its connection, but not its slot.
+    let mut other = TcpStream::connect(listen).await.unwrap();
+    assert!(read_until_closed(&mut other, Duration::from_secs(2))
+        .await
+        .expect("refused")
+        .is_empty());
+    assert_eq!(
+        proxy.metric(
+            "inbound_tcp_refused_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
+    drop(io);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = h1(listen).await;
+    let (status, _, _, _) = read(tx.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "the slot is free again");
+}

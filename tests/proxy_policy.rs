@@ -527,7 +527,9 @@ async fn an_http2_client_of_an_http1_server_reaches_the_app_in_http1() {
     let (status, headers, body, _) = read(
         tx.send_request(
             http::Request::post("http://web.example:8080/up?q=1")
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"down")))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"down",
+                )))
                 .unwrap(),
         )
         .await
@@ -535,8 +537,14 @@ async fn an_http2_client_of_an_http1_server_reaches_the_app_in_http1() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["x-seen-version"], "HTTP/1.1", "the app speaks HTTP/1");
-    assert_eq!(headers["x-seen-host"], "web.example:8080", ":authority becomes Host");
+    assert_eq!(
+        headers["x-seen-version"], "HTTP/1.1",
+        "the app speaks HTTP/1"
+    );
+    assert_eq!(
+        headers["x-seen-host"], "web.example:8080",
+        ":authority becomes Host"
+    );
     assert_eq!(headers["x-seen-path"], "/up");
     assert_eq!(&body[..], b"down");
 }

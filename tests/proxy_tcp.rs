@@ -385,7 +385,10 @@ async fn ipv6_listeners_and_clients_work() {
     assert_eq!(
         proxy.metric(
             "inbound_tcp_authz_allow_total",
-            &[("target_ip", "::1"), ("target_port", &app.port().to_string())]
+            &[
+                ("target_ip", "::1"),
+                ("target_port", &app.port().to_string())
+            ]
         ),
         1.0,
         "{}",

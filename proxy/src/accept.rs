@@ -62,7 +62,8 @@ pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub target: Target,
-    pub _slot: OwnedSemaphorePermit,
+    /// Released when the connection (and anything spliced from it) ends.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// Binding failed: the address is configuration, so say which flag.
@@ -151,7 +152,7 @@ impl Listener {
                 stream,
                 peer,
                 target,
-                _slot: slot,
+                slot,
             });
         }
     }

@@ -35,8 +35,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::authz::{is_grpc, respond, HttpAuthz, Refusal};
@@ -296,9 +298,21 @@ impl HttpServer {
     }
 }
 
+/// What a client connection's lifetime is tied to: its `--max-connections`
+/// slot, the tracker the shutdown drain waits on, and the hard-stop signal.
+/// An upgraded (spliced) connection outlives the HTTP server of its
+/// connection, so it carries these along.
+#[derive(Clone, Debug)]
+pub struct ConnScope {
+    pub slot: Arc<OwnedSemaphorePermit>,
+    pub tasks: TaskTracker,
+    pub stop: CancellationToken,
+}
+
 /// Everything one client connection's requests share.
 #[derive(Debug)]
 pub struct HttpConn {
+    scope: ConnScope,
     authz: HttpAuthz,
     upstream: Arc<Pool>,
     metrics: Arc<Metrics>,
@@ -314,11 +328,13 @@ impl HttpConn {
         upstream: Arc<Pool>,
         metrics: Arc<Metrics>,
         downstream: HttpVersion,
+        scope: ConnScope,
     ) -> Arc<Self> {
         let requests = metrics
             .request_total
             .get_or_create_owned(&request_labels(&authz));
         Arc::new(HttpConn {
+            scope,
             authz,
             upstream,
             metrics,
@@ -400,15 +416,22 @@ impl HttpConn {
             if let Some(client_upgrade) = client_upgrade {
                 let app_upgrade = hyper::upgrade::on(&mut rsp);
                 let peer = self.authz.conn().peer;
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, app_upgrade) {
-                        Ok((c, a)) => {
-                            let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut a).await {
-                                debug!(client = %peer, error = %e, "upgraded connection ended");
-                            }
-                        }
-                        Err(e) => debug!(client = %peer, error = %e, "upgrade failed"),
+                let scope = self.scope.clone();
+                self.scope.tasks.spawn(async move {
+                    // Holds the connection's slot until the splice ends.
+                    let _slot = scope.slot;
+                    let splice = async {
+                        let (c, a) = tokio::try_join!(client_upgrade, app_upgrade)?;
+                        let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+                        tokio::io::copy_bidirectional(&mut c, &mut a)
+                            .await
+                            .map_err(UpstreamError::Splice)
+                    };
+                    tokio::select! {
+                        res = splice => if let Err(e) = res {
+                            debug!(client = %peer, error = %e, "upgraded connection ended");
+                        },
+                        _ = scope.stop.cancelled() => {}
                     }
                 });
                 return Ok(rsp);
@@ -573,6 +596,8 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
     #[error("the request's {0} cannot be expressed to the application")]
     BadRequest(&'static str),
+    #[error("copying an upgraded connection: {0}")]
+    Splice(std::io::Error),
 }
 
 /// Pools of connections to the app, one per (port, version).

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use portcullis_policy::{Client, ClientTls, Protocol};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::accept::{Accepted, Target};
@@ -24,7 +26,7 @@ use crate::authz::{ConnInfo, Enforcer};
 use crate::config::Config;
 use crate::detect::{detect_http, detect_tls, HttpDetect, PrefixedIo, TlsDetect};
 use crate::forward::{self, CountingIo};
-use crate::http::{log_conn_error, HttpConn, HttpServer, HttpVersion, Upstreams};
+use crate::http::{log_conn_error, ConnScope, HttpConn, HttpServer, HttpVersion, Upstreams};
 use crate::metrics::{ConnLabels, Metrics, TlsLabel};
 
 /// Everything connections share.
@@ -39,6 +41,8 @@ pub struct Inbound {
     pub drain: CancellationToken,
     /// `--shutdown-grace` expired: whatever is left is closed now.
     pub stop: CancellationToken,
+    /// Every connection task (and spliced upgrade); the drain waits on it.
+    pub tasks: TaskTracker,
 }
 
 /// How the connection is handled after detection.
@@ -61,7 +65,7 @@ impl Inbound {
             stream,
             peer,
             target,
-            _slot,
+            slot,
         } = conn;
 
         // orig dst: the app port. The inbound port itself is the direct
@@ -97,7 +101,9 @@ impl Inbound {
         // authorize -> forward
         match path {
             Path::Tcp(tls) => self.serve_tcp(io, peer, target, tls).await,
-            Path::Http { client, app } => self.serve_http(io, peer, target, client, app).await,
+            Path::Http { client, app } => {
+                self.serve_http(io, peer, target, client, app, slot).await
+            }
             Path::Refuse(reason, why) => self.enforcer.refuse(peer, port, reason, why),
         }
     }
@@ -228,6 +234,7 @@ impl Inbound {
         target: SocketAddr,
         client_version: HttpVersion,
         app_version: HttpVersion,
+        slot: OwnedSemaphorePermit,
     ) {
         let port = target.port();
         let labels = Arc::new(ConnLabels::new(target, &TlsLabel::Plain));
@@ -245,6 +252,11 @@ impl Inbound {
             self.upstreams.pool(port, app_version),
             self.metrics.clone(),
             client_version,
+            ConnScope {
+                slot: Arc::new(slot),
+                tasks: self.tasks.clone(),
+                stop: self.stop.clone(),
+            },
         );
         let io = CountingIo::new(io, counters);
         let served = tokio::select! {

@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners.push(Listener::bind(m.listen, ListenerKind::Mapped { port: m.port }).await?);
     }
 
+    let connections = TaskTracker::new();
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         enforcer,
@@ -111,9 +112,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),
+        tasks: connections.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
