@@ -475,15 +475,22 @@ async fn proxy_protocol_set_skips_detection_and_unknown_detects() {
         .await
         .expect("closed")
         .is_empty());
+    // ... and so is TLS that is not for the proxy (a ClientHello).
+    let mut c = TcpStream::connect(maps[3].0).await.unwrap();
+    c.write_all(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00").await.unwrap();
+    assert!(read_until_closed(&mut c, Duration::from_secs(3))
+        .await
+        .expect("closed")
+        .is_empty());
     assert_eq!(h1_only.connections(), 0);
     assert_eq!(
         proxy.wait_metric(
             "inbound_tcp_refused_total",
             &[("reason", "not_http")],
-            1.0,
+            2.0,
             Duration::from_secs(2)
         ),
-        1.0
+        2.0
     );
 
     // unknown: detected.

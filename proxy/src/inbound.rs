@@ -131,7 +131,14 @@ impl Inbound {
             // (identity.rs), and continue with HTTP detection on the
             // decrypted stream. Until mesh identity lands, every ClientHello
             // is passed through untouched and authorized on its network only.
-            return Ok(Path::Tcp(TlsLabel::Passthrough { sni: hello.sni }));
+            return Ok(match protocol {
+                // A Server that says HTTP admits only HTTP (meshed TLS aside).
+                Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => Path::Refuse(
+                    "not_http",
+                    "the port's Server says HTTP and the client sent TLS not for the proxy",
+                ),
+                _ => Path::Tcp(TlsLabel::Passthrough { sni: hello.sni }),
+            });
         }
         if protocol == Protocol::Tls {
             return Ok(Path::Tcp(TlsLabel::Passthrough { sni: None }));
