@@ -294,50 +294,141 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_rapid_reset_flood_is_cut_off() {
-    let app = http_app().await;
-    let (listen, m) = map(app.port());
-    let _proxy = Proxy::start(&["--map", &m, "--http2-max-pending-accept-resets", "5"]);
-    let mut c = TcpStream::connect(listen).await.unwrap();
-    // Raw frames: a well-behaved client library would not flood.
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-                                       // HPACK: :method GET, :scheme http, :path /, :authority "web" (literal, no indexing).
-    let block = [0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
-    for i in 0..200u32 {
-        let id = 2 * i + 1;
-        out.extend(frame(0x1, 0x4 | 0x1, id, &block)); // HEADERS, END_HEADERS|END_STREAM
-        out.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
-    }
-    c.write_all(&out).await.unwrap();
-    // Look for GOAWAY (type 7) with ENHANCE_YOUR_CALM (0xb).
+/// Reads HTTP/2 frames for up to `wait` (or until the connection closes):
+/// (type, stream id, payload).
+async fn read_frames(c: &mut TcpStream, wait: Duration) -> Vec<(u8, u32, Vec<u8>)> {
     let mut got = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(wait, async {
         let mut buf = [0u8; 16384];
         loop {
-            let n = match c.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n,
-            };
-            got.extend_from_slice(&buf[..n]);
-            let mut rest = &got[..];
-            while rest.len() >= 9 {
-                let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
-                if rest.len() < 9 + len {
-                    break;
-                }
-                if rest[3] == 0x7 && len >= 8 && rest[9 + 4..9 + 8] == [0, 0, 0, 0xb] {
-                    return true;
-                }
-                rest = &rest[9 + len..];
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
     })
+    .await;
+    let mut frames = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        if rest.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        frames.push((rest[3], stream, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    frames
+}
+
+/// GOAWAY (type 7) with ENHANCE_YOUR_CALM (0xb).
+fn calmed_down(frames: &[(u8, u32, Vec<u8>)]) -> bool {
+    frames
+        .iter()
+        .any(|(t, _, p)| *t == 0x7 && p.len() >= 8 && p[4..8] == [0, 0, 0, 0xb])
+}
+
+/// The client preface, an empty SETTINGS, then `n` HEADERS frames with
+/// `block`, each followed by `after` (for its stream id) when given.
+fn h2_flood(n: u32, block: &[u8], after: Option<fn(u32) -> Vec<u8>>) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    for i in 0..n {
+        let id = 2 * i + 1;
+        out.extend(frame(0x1, 0x4 | 0x1, id, block)); // HEADERS, END_HEADERS|END_STREAM
+        if let Some(after) = after {
+            out.extend(after(id));
+        }
+    }
+    out
+}
+
+/// HPACK: :method GET, :scheme http, :path /, :authority "web" (literal,
+/// not indexed).
+const GET_BLOCK: [u8; 8] = [0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    let app = http_app().await;
+    // Raw frames: a well-behaved client library would not flood.
+    let rst: fn(u32) -> Vec<u8> = |id| frame(0x3, 0, id, &8u32.to_be_bytes()); // RST_STREAM CANCEL
+    for (limit, calm, wait) in [("5", true, 5), ("100000", false, 1)] {
+        let (listen, m) = map(app.port());
+        let _proxy = Proxy::start(&["--map", &m, "--http2-max-pending-accept-resets", limit]);
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(&h2_flood(200, &GET_BLOCK, Some(rst)))
+            .await
+            .unwrap();
+        let frames = read_frames(&mut c, Duration::from_secs(wait)).await;
+        assert_eq!(
+            calmed_down(&frames),
+            calm,
+            "GOAWAY ENHANCE_YOUR_CALM with limit {limit}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_malformed_http2_streams_close_the_connection() {
+    // A request with a connection-specific header is malformed in HTTP/2:
+    // the proxy resets the stream; past the limit, it closes the connection.
+    let mut block = GET_BLOCK.to_vec();
+    block.extend_from_slice(&[0x00, 10]);
+    block.extend_from_slice(b"connection");
+    block.extend_from_slice(&[1, b'x']);
+    let app = http_app().await;
+    for (limit, calm) in [("5", true), ("1024", false)] {
+        let (listen, m) = map(app.port());
+        let _proxy = Proxy::start(&["--map", &m, "--http2-max-local-error-resets", limit]);
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(&h2_flood(50, &block, None)).await.unwrap();
+        let frames = read_frames(&mut c, Duration::from_secs(2)).await;
+        let resets = frames.iter().filter(|(t, _, _)| *t == 0x3).count();
+        assert_eq!(calmed_down(&frames), calm, "limit {limit}");
+        if !calm {
+            assert_eq!(
+                resets, 50,
+                "under the limit, each malformed stream is reset"
+            );
+        }
+    }
+    assert_eq!(app.connections(), 0, "no malformed request reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_does_not_accept_gets_a_502_after_the_connect_timeout() {
+    // A listener with a one-connection backlog that never accepts: once the
+    // backlog is full, further connects hang (SYNs are dropped).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stuck = socket.listen(1).unwrap();
+    let port = stuck.local_addr().unwrap().port();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            fill.push(c);
+        }
+    }
+    let (listen, m) = map(port);
+    let _proxy = Proxy::start(&["--map", &m, "--app-connect-timeout", "300ms"]);
+    let mut tx = h1(listen).await;
+    let start = Instant::now();
+    let (status, _, _, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        read(tx.send_request(get("/")).await.unwrap()).await
+    })
     .await
-    .unwrap_or(false);
-    assert!(found, "GOAWAY ENHANCE_YOUR_CALM after the reset flood");
-    assert!(app.connections() <= 1);
+    .expect("answered, not hung");
+    let took = start.elapsed();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(took >= Duration::from_millis(280), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    drop(stuck);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,7 +477,9 @@ async fn proxy_protocol_set_skips_detection_and_unknown_detects() {
         .is_empty());
     // ... and so is TLS that is not for the proxy (a ClientHello).
     let mut c = TcpStream::connect(maps[3].0).await.unwrap();
-    c.write_all(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00").await.unwrap();
+    c.write_all(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00")
+        .await
+        .unwrap();
     assert!(read_until_closed(&mut c, Duration::from_secs(3))
         .await
         .expect("closed")
