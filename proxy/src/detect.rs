@@ -155,12 +155,23 @@ fn parse_client_hello_sni(body: &[u8]) -> Option<String> {
             let name_len = list.u16()?;
             let name = list.take(name_len.into())?;
             if name_type == 0 {
-                return std::str::from_utf8(name).ok().map(str::to_owned);
+                return is_host_name(name).then(|| String::from_utf8_lossy(name).into_owned());
             }
         }
         return None;
     }
     None
+}
+
+/// An SNI host name is ASCII (RFC 6066 §3): letters, digits, `-`, `.`
+/// (and `_`, seen in practice), at most 253 bytes. Anything else is treated
+/// as no SNI, so client bytes never reach labels or logs unchecked.
+fn is_host_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 /// A bounds-checked cursor: every read returns `None` past the end.
@@ -573,6 +584,11 @@ mod tests {
             sniff_tls(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00"),
             Sniff::NotThis
         );
+        // An SNI that is not a host name is no SNI.
+        let mut odd = client_hello("a\"b");
+        assert_eq!(sniff_tls(&odd), Sniff::Match(ClientHello { sni: None }));
+        odd = client_hello(&"a".repeat(254));
+        assert_eq!(sniff_tls(&odd), Sniff::Match(ClientHello { sni: None }));
         // A malformed ClientHello body is still TLS, without SNI.
         assert_eq!(
             sniff_tls(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\xff"),

@@ -137,7 +137,9 @@ impl Inbound {
                     "not_http",
                     "the port's Server says HTTP and the client sent TLS not for the proxy",
                 ),
-                _ => Path::Tcp(TlsLabel::Passthrough { sni: hello.sni }),
+                _ => Path::Tcp(TlsLabel::Passthrough {
+                    sni: hello.sni.map(|s| self.metrics.sni.label(&s)),
+                }),
             });
         }
         if protocol == Protocol::Tls {

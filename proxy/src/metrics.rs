@@ -61,6 +61,7 @@ pub struct Metrics {
     pub response_latency_ms: Family<Labels, Histogram, fn() -> Histogram>,
     pub policy_generation: Gauge,
     pub policy_errors: Counter,
+    pub sni: SniLabels,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +161,7 @@ impl Metrics {
             response_latency_ms,
             policy_generation,
             policy_errors,
+            sni: SniLabels::default(),
         }
     }
 
@@ -186,6 +188,30 @@ impl Metrics {
         self.tcp_refused
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+}
+
+/// Most distinct `sni` label values; clients choose their SNI, so further
+/// names are labelled `sni="other"` to keep the series count bounded.
+pub const MAX_SNI_LABELS: usize = 256;
+
+/// Bounds the `sni` label's values (see [`MAX_SNI_LABELS`]).
+#[derive(Debug, Default)]
+pub struct SniLabels(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl SniLabels {
+    /// The label value for `sni`: itself while fewer than the cap have been
+    /// seen (or it was seen before), else `other`.
+    pub fn label(&self, sni: &str) -> String {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(sni) {
+            return sni.to_string();
+        }
+        if seen.len() < MAX_SNI_LABELS {
+            seen.insert(sni.to_string());
+            return sni.to_string();
+        }
+        "other".to_string()
     }
 }
 
@@ -310,6 +336,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sni_label_values_are_bounded() {
+        let sni = SniLabels::default();
+        for i in 0..MAX_SNI_LABELS {
+            assert_eq!(sni.label(&format!("h{i}.example")), format!("h{i}.example"));
+        }
+        assert_eq!(sni.label("new.example"), "other");
+        assert_eq!(sni.label("h0.example"), "h0.example");
+    }
 
     #[test]
     fn names_and_labels_are_linkerds() {
