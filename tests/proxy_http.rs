@@ -103,22 +103,36 @@ async fn denied_http1_requests_get_403_and_the_connection_stays_usable() {
         assert_eq!(headers["l5d-proxy-error"], "unauthorized request on route");
         assert!(body.is_empty());
     }
+    // A denied request with a body (unread by the app) does not cost the
+    // connection either.
+    let post = Request::post("/upload")
+        .header("host", "web.example")
+        .body(Full::new(Bytes::from(payload(3, 200_000))))
+        .unwrap();
+    tx.ready().await.unwrap();
+    let (status, _, _, _) = read(tx.send_request(post).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    tx.ready()
+        .await
+        .expect("the connection stays open after a denied upload");
+    let (status, _, _, _) = read(tx.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(app.connections(), 0, "nothing reached the app");
     assert_eq!(
         proxy.metric(
             "inbound_http_authz_deny_total",
             &[("srv_name", "deny"), ("route_name", "default")]
         ),
-        2.0
+        4.0
     );
     assert_eq!(
         proxy.wait_metric(
             "response_total",
             &[("status_code", "403")],
-            2.0,
+            4.0,
             Duration::from_secs(2)
         ),
-        2.0
+        4.0
     );
     let port = format!("port={}", app.port());
     assert!(

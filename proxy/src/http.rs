@@ -49,6 +49,12 @@ use crate::metrics::{Labels, Metrics};
 /// The header that carries a verified client identity to the app.
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
 
+/// A denied HTTP/1 request's body is read and discarded up to this size
+/// and time, so the connection stays usable for the next request (HTTP/1
+/// cannot skip an unread body); a bigger or slower body closes it.
+const DENIED_BODY_DRAIN: usize = 256 * 1024;
+const DENIED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// How long an idle pooled connection to the app is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Most idle HTTP/1 connections kept per app port.
@@ -370,7 +376,14 @@ impl HttpConn {
             .authz
             .check(req.method(), req.uri().path(), req.headers())
         {
-            Err(denied) => denied,
+            Err(mut denied) => {
+                if self.downstream == HttpVersion::Http1 && !drain(req.into_body()).await {
+                    denied
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                denied
+            }
             Ok(()) => match self.forward(req).await {
                 Ok(rsp) => rsp.map(ProxyBody::Incoming),
                 Err(e) => {
@@ -472,6 +485,31 @@ impl HttpConn {
         entry.2.inc();
         entry.3.observe(latency.as_secs_f64() * 1000.0);
     }
+}
+
+/// Reads and discards a body, within [`DENIED_BODY_DRAIN`] bytes and
+/// [`DENIED_BODY_DRAIN_TIME`]; `true` when it ended within both.
+async fn drain(mut body: Incoming) -> bool {
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return true;
+    }
+    let mut read = 0usize;
+    let all = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                read += data.len();
+                if read > DENIED_BODY_DRAIN {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DENIED_BODY_DRAIN_TIME, all)
+        .await
+        .unwrap_or(false)
 }
 
 fn request_labels(authz: &HttpAuthz) -> Labels {
