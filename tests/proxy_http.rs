@@ -370,3 +370,25 @@ async fn cluster_networks_default_policy_admits_only_cluster_clients() {
     let (status, _, _, _) = read(tx.send_request(get("/")).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_default_allows_and_logs_each_allow() {
+    let app = http_app().await;
+    let (listen, m) = map(app.port());
+    let proxy = Proxy::start(&["--map", &m, "--default-policy", "audit"]);
+    let mut tx = h1(listen).await;
+    let (status, _, _, _) = read(tx.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(proxy.wait_log(
+        &[
+            "audit: allowed",
+            &format!("port={}", app.port()),
+            "server=default/audit"
+        ],
+        Duration::from_secs(2)
+    ));
+    assert_eq!(
+        proxy.metric("inbound_http_authz_allow_total", &[("authz_name", "audit")]),
+        1.0
+    );
+}

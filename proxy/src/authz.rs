@@ -231,6 +231,19 @@ impl Enforcer {
 }
 
 fn log_permit(conn: &ConnInfo, permit: &Permit<'_>, proto: &'static str) {
+    // The `audit` default allows everything and logs each allow as audited.
+    let audit_default = matches!(permit.authorization, Meta::Default { name } if name == "audit");
+    if permit.audited.is_none() && audit_default {
+        info!(
+            port = conn.port,
+            client = %conn.peer,
+            identity = conn.identity(),
+            server = %permit.server,
+            proto,
+            "audit: allowed by the audit default policy"
+        );
+        return;
+    }
     match permit.audited {
         Some(reason) => info!(
             port = conn.port,
