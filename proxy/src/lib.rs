@@ -1,1 +1,3 @@
-
+pub mod identity;
+pub mod tls;
+pub mod transport;
