@@ -2,7 +2,7 @@
 //! the PEM files the proxy reads, all generated per test with rcgen (no
 //! committed keys). Test-only; nothing here is compiled into the proxy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -177,13 +177,5 @@ impl Files {
     /// Writes `issued` (signed by `ca`) as the proxy's identity.
     pub fn for_identity(dir: &Path, ca: &Ca, issued: &Issued) -> Files {
         Files::write(dir, &ca.pem(), &issued.cert_pem(), &issued.key_pem())
-    }
-
-    pub fn path(&self, which: super::IdentityFile) -> PathBuf {
-        match which {
-            super::IdentityFile::TrustAnchors => self.config.trust_anchors.clone(),
-            super::IdentityFile::Cert => self.config.cert.clone(),
-            super::IdentityFile::Key => self.config.key.clone(),
-        }
     }
 }
