@@ -353,6 +353,27 @@ mod tests {
         );
     }
 
+    /// The committed fuzz seeds are what their names say.
+    #[test]
+    fn fuzz_seed_corpus_decodes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/transport_header");
+        let seed = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let opaque = Header {
+            port: 3306,
+            name: None,
+            protocol: None,
+        };
+        assert_eq!(decode(&seed("opaque_3306")), Ok(Some((opaque.clone(), 30))));
+        assert_eq!(decode(&seed("with_payload")), Ok(Some((opaque, 30))));
+        let (h, _) = decode(&seed("http2_4040")).unwrap().unwrap();
+        assert_eq!((h.port, h.protocol), (4040, Some(SessionProtocol::Http2)));
+        let (h, _) = decode(&seed("http1_named")).unwrap().unwrap();
+        assert_eq!(h.name.as_deref(), Some("web.emojivoto.svc.cluster.local"));
+        assert_eq!(h.protocol, Some(SessionProtocol::Http1));
+        assert_eq!(decode(&seed("http_request")), Err(HeaderError::BadPreface));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         // A small deterministic sweep; the fuzz target covers the rest.

@@ -517,6 +517,19 @@ fn client_identity_survives_duplicate_and_malformed_san_extensions() {
     }
 }
 
+/// The committed fuzz seeds (made with openssl) read as expected.
+#[test]
+fn fuzz_seed_corpus_reads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/identity_der");
+    let seed = |name: &str| presented_identity(&std::fs::read(dir.join(name)).unwrap());
+    assert_eq!(seed("dns.der").as_deref(), Some(NAME));
+    assert_eq!(
+        seed("uri.der").as_deref(),
+        Some("spiffe://cluster.local/ns/emojivoto/sa/web")
+    );
+    assert_eq!(seed("nosan.der"), None);
+}
+
 #[test]
 fn spiffe_identities_of_the_trust_domain_unify_with_service_accounts() {
     let ca = Ca::new("root");
