@@ -12,15 +12,19 @@
 //! ```
 //!
 //! Owns: the pure parser [`decode`] (three outcomes: a header, need more
-//! bytes, or an error) and [`encode`] (for tests and clients). The protobuf
+//! bytes, or an error), [`encode`] (for tests and clients), and [`read`],
+//! which feeds `decode` from a connection under one deadline. The protobuf
 //! messages are private here: this wire format belongs to the data plane,
 //! not to the policy API (whose types live in `policy-client/src/proto.rs`).
 //!
-//! Must not: read sockets, wait, or trust the length field (capped at
-//! [`MAX_HEADER_LEN`]). Called by the direct path in `inbound.rs` and by the
+//! Must not: trust the length field (capped at [`MAX_HEADER_LEN`]) or let a
+//! client that trickles bytes hold the connection past the deadline. Called by the direct path in `inbound.rs` and by the
 //! `transport_header` fuzz target.
 
+use std::time::Duration;
+
 use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The ALPN protocol and preface tag of Linkerd's opaque transport.
 pub const PROTOCOL: &[u8] = b"transport.l5d.io/v1";
@@ -181,6 +185,49 @@ pub fn encode(header: &Header) -> Vec<u8> {
     out.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(&msg);
     out
+}
+
+/// Why a transport header could not be read from a connection (the peer's
+/// fault in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("connection closed before the transport header was complete ({read} bytes read)")]
+    Eof { read: usize },
+    #[error("transport header not received within {0:?}")]
+    Timeout(Duration),
+    #[error("reading the transport header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a transport header from `io` within `timeout` (one deadline for the
+/// whole header, so trickled bytes cannot extend it). Returns the header and
+/// the bytes read past it, which belong to the application stream and must
+/// be replayed before the rest of `io`.
+pub async fn read<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    timeout: Duration,
+) -> Result<(Header, Vec<u8>), ReadError> {
+    let read_all = async {
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            if let Some((header, consumed)) = decode(&buf)? {
+                let rest = buf.split_off(consumed);
+                return Ok((header, rest));
+            }
+            // `decode` rejected any length above the cap, so `buf` stays
+            // below PREFIX_LEN + MAX_HEADER_LEN plus one read.
+            buf.reserve(4096);
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(ReadError::Eof { read: buf.len() });
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read_all).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ReadError::Timeout(timeout)),
+    }
 }
 
 /// Linkerd parses the name as a DNS name; we accept the same shape (ASCII
@@ -372,6 +419,59 @@ mod tests {
         assert_eq!(h.name.as_deref(), Some("web.emojivoto.svc.cluster.local"));
         assert_eq!(h.protocol, Some(SessionProtocol::Http1));
         assert_eq!(decode(&seed("http_request")), Err(HeaderError::BadPreface));
+    }
+
+    #[tokio::test]
+    async fn reads_a_trickled_header_and_keeps_the_bytes_after_it() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut bytes = encode(&sample());
+        bytes.extend_from_slice(b"hello");
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in bytes.chunks(3) {
+                client.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let (header, rest) = read(&mut server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(header, sample());
+        let _client = writer.await.unwrap();
+        let mut tail = rest;
+        while tail.len() < 5 {
+            let mut b = [0u8; 8];
+            let n = server.read(&mut b).await.unwrap();
+            tail.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(tail, b"hello");
+    }
+
+    #[tokio::test]
+    async fn read_fails_on_silence_hangup_and_garbage() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let err = read(&mut server, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReadError::Timeout(_)), "{err:?}");
+
+        let bytes = encode(&sample());
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        {
+            use tokio::io::AsyncWriteExt;
+            client.write_all(&bytes[..10]).await.unwrap();
+        }
+        drop(client);
+        let err = read(&mut server, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, ReadError::Eof { read: 10 }), "{err:?}");
+
+        let mut garbage: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+        let err = read(&mut garbage, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Header(HeaderError::BadPreface)),
+            "{err:?}"
+        );
     }
 
     #[test]
