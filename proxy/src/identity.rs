@@ -39,7 +39,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::tls;
 
 /// Where the local identity comes from (the `--identity-*` flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct IdentityConfig {
     /// `--identity-trust-anchors`: one or more CA certificates (PEM).
     pub trust_anchors: PathBuf,
