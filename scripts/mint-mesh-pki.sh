@@ -3,18 +3,18 @@
 # an ECDSA P-256 leaf valid for 30 days that works as TLS server and client
 # (as a mesh identity issuer makes them).
 #
-#   scripts/mint-mesh-pki.sh DIR IDENTITY...
+#   scripts/mint-mesh-pki.sh DIR [NAME=]IDENTITY...
 #
 # Writes DIR/ca.pem and DIR/ca.key (the root; reused if present, so running
-# it again rotates leaves under the same CA), and DIR/IDENTITY.pem and
-# DIR/IDENTITY.key for each identity, e.g.
-# web.emojivoto.serviceaccount.identity.linkerd.cluster.local. An identity
-# starting with spiffe:// gets that URI as its only SAN instead of a DNS name.
-# Demo use only: the CA key sits next to the certificates.
+# it again rotates leaves under the same CA), and for each identity
+# DIR/NAME.pem and DIR/NAME.key (NAME defaults to the identity itself), e.g.
+#   scripts/mint-mesh-pki.sh pki web=web.emojivoto.serviceaccount.identity.linkerd.cluster.local
+# An identity starting with spiffe:// gets that URI as its only SAN instead
+# of a DNS name. Demo use only: the CA key sits next to the certificates.
 set -eu
 
 if [ "$#" -lt 2 ]; then
-  echo "usage: $0 DIR IDENTITY..." >&2
+  echo "usage: $0 DIR [NAME=]IDENTITY..." >&2
   exit 2
 fi
 dir=$1
@@ -32,10 +32,14 @@ fi
 ext=$(mktemp)
 csr=$(mktemp)
 trap 'rm -f "$ext" "$csr"' EXIT
-for id in "$@"; do
+for arg in "$@"; do
+  case "$arg" in
+    *=*) file=${arg%%=*}; id=${arg#*=} ;;
+    *) file=; id=$arg ;;
+  esac
   case "$id" in
-    spiffe://*) san="URI:$id"; file=$(printf '%s' "$id" | sed 's|^spiffe://||; s|/|_|g') ;;
-    *) san="DNS:$id"; file=$id ;;
+    spiffe://*) san="URI:$id"; : "${file:=$(printf '%s' "$id" | sed 's|^spiffe://||; s|/|_|g')}" ;;
+    *) san="DNS:$id"; : "${file:=$id}" ;;
   esac
   cat >"$ext" <<EXT
 basicConstraints=critical,CA:FALSE

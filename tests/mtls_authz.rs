@@ -135,6 +135,8 @@ struct Mesh {
     proxy: Proxy,
     /// Per kind: the proxy's listener for that port.
     listeners: Vec<(Kind, SocketAddr)>,
+    /// The listener of the `HTTP/2` port.
+    h2_listen: SocketAddr,
     _apps: Vec<App>,
     /// The opaque (echo) port allowing `frontend` only, and the HTTP port
     /// of `Kind::ServiceAccount` (for the direct path).
@@ -161,6 +163,12 @@ async fn mesh() -> Mesh {
         apps_.push(app);
     }
     let sa_port = ports[0].0;
+    // A port whose Server says HTTP/2: clients offering both versions get h2.
+    let h2_app = http_app().await;
+    let (h2_listen, m) = map(h2_app.port());
+    ports.push((h2_app.port(), "h2", "HTTP/2", "unauthenticated: true"));
+    maps.extend(["--map".to_string(), m]);
+    apps_.push(h2_app);
     let echo = echo_app().await;
     let opaque_port = echo.port();
     ports.push((
@@ -198,6 +206,7 @@ async fn mesh() -> Mesh {
         id,
         proxy,
         listeners,
+        h2_listen,
         _apps: apps_,
         opaque_port,
         sa_port,
@@ -335,6 +344,52 @@ async fn every_authorization_kind_against_every_client_over_http1_and_http2() {
         ],
     );
     assert_eq!(allowed_mesh, 2.0, "{}", mesh.proxy.metrics());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_prefers_http1_on_detected_ports_and_h2_where_the_server_says_so() {
+    let mesh = mesh().await;
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let (_, detected) = mesh.listeners[0];
+    for (addr, want) in [(detected, &b"http/1.1"[..]), (mesh.h2_listen, &b"h2"[..])] {
+        let tls = connect_tls(
+            addr,
+            PROXY_ID,
+            mesh.id.client_config(Some(&mesh.frontend), both),
+        )
+        .await
+        .unwrap();
+        let alpn = tls.get_ref().1.alpn_protocol().unwrap().to_vec();
+        assert_eq!(alpn, want);
+        let (status, headers, _, _) = if alpn == b"h2" {
+            read(
+                h2_over(tls)
+                    .await
+                    .unwrap()
+                    .send_request(get("http://web.example/"))
+                    .await
+                    .unwrap(),
+            )
+            .await
+        } else {
+            read(
+                h1_over(tls)
+                    .await
+                    .unwrap()
+                    .send_request(get("/"))
+                    .await
+                    .unwrap(),
+            )
+            .await
+        };
+        assert_eq!(status, StatusCode::OK, "{}", mesh.proxy.logs());
+        let version = if alpn == b"h2" {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert_eq!(headers.get("x-seen-version").unwrap(), version);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,9 @@ pub enum IdentityError {
 /// their TLS. Immutable; a reload builds a new one.
 pub struct LocalIdentity {
     name: String,
-    server_config: Arc<ServerConfig>,
+    /// ALPN preferring `http/1.1`, and preferring `h2` (see `tls::Prefer`).
+    server_config_http1: Arc<ServerConfig>,
+    server_config_h2: Arc<ServerConfig>,
     leaf: CertificateDer<'static>,
     serial: String,
     not_after: i64,
@@ -315,10 +317,15 @@ impl LocalIdentity {
 
         let serial = x509.raw_serial_as_string();
         let not_after = validity.not_after.timestamp();
-        let server_config = tls::server_config(Arc::new(certified), Arc::new(roots))?;
+        let http1 = tls::server_config(Arc::new(certified), Arc::new(roots), tls::Prefer::Http1)?;
+        // The same configuration (key, verifier, session cache) with the
+        // other ALPN order.
+        let mut h2 = http1.clone();
+        h2.alpn_protocols = tls::Prefer::Http2.alpn();
         Ok(LocalIdentity {
             name,
-            server_config: Arc::new(server_config),
+            server_config_http1: Arc::new(http1),
+            server_config_h2: Arc::new(h2),
             leaf,
             serial,
             not_after,
@@ -337,9 +344,13 @@ impl LocalIdentity {
         sni.trim_end_matches('.').eq_ignore_ascii_case(&self.name)
     }
 
-    /// The server configuration that terminates meshed TLS as this identity.
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server_config.clone()
+    /// The server configuration that terminates meshed TLS as this
+    /// identity, with ALPN in `prefer`'s order.
+    pub fn server_config(&self, prefer: tls::Prefer) -> Arc<ServerConfig> {
+        match prefer {
+            tls::Prefer::Http1 => self.server_config_http1.clone(),
+            tls::Prefer::Http2 => self.server_config_h2.clone(),
+        }
     }
 
     /// The leaf certificate (DER).

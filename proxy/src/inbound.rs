@@ -31,7 +31,7 @@ use crate::forward::{self, CountingIo};
 use crate::http::{log_conn_error, HttpConn, HttpServer, HttpVersion, Upstreams};
 use crate::identity::{IdentityStore, LocalIdentity};
 use crate::metrics::{ConnLabels, Metrics, TlsLabel};
-use crate::tls::{self, Fault, Terminated};
+use crate::tls::{self, Fault, Prefer, Terminated};
 use crate::transport::{self, SessionProtocol};
 
 /// Everything connections share.
@@ -227,13 +227,14 @@ impl Inbound {
         peer: SocketAddr,
         port: u16,
         identity: &LocalIdentity,
+        prefer: Prefer,
         deadline: Instant,
     ) -> Option<Terminated<I>>
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        match tls::terminate(io, Some(identity), &self.config.policy, timeout).await {
+        match tls::terminate(io, Some(identity), prefer, &self.config.policy, timeout).await {
             Ok(t) => Some(t),
             Err(e) => {
                 self.metrics.refused("tls_handshake");
@@ -261,11 +262,20 @@ impl Inbound {
         deadline: Instant,
     ) {
         let port = target.port();
+        let protocol = self.enforcer.table().load().protocol(port);
+        // A client that can speak both HTTP versions gets the one the app
+        // is known to speak: HTTP/2 only where the Server says so.
+        let prefer = match protocol {
+            Protocol::Http2 | Protocol::Grpc => Prefer::Http2,
+            _ => Prefer::Http1,
+        };
         let Some(Terminated {
             mut stream,
             client: tls,
             alpn,
-        }) = self.terminate(io, peer, port, identity, deadline).await
+        }) = self
+            .terminate(io, peer, port, identity, prefer, deadline)
+            .await
         else {
             return;
         };
@@ -283,7 +293,6 @@ impl Inbound {
         let label = mesh_label(&tls);
 
         // detect http, inside TLS, under the same deadline.
-        let protocol = self.enforcer.table().load().protocol(port);
         let mut buf = BytesMut::new();
         let path = match self
             .detect_http_path(&mut stream, &mut buf, port, protocol, deadline, label)
@@ -350,7 +359,7 @@ impl Inbound {
             client: tls,
             alpn,
         }) = self
-            .terminate(io, peer, inbound_port, &identity, deadline)
+            .terminate(io, peer, inbound_port, &identity, Prefer::Http1, deadline)
             .await
         else {
             return;

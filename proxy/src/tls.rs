@@ -3,7 +3,8 @@
 //! Owns: building the `ServerConfig` the local identity serves with (client
 //! certificates requested and verified against the trust anchors — chain,
 //! validity period and the clientAuth purpose, which webpki checks; ALPN
-//! `h2`, `http/1.1` and `transport.l5d.io/v1`), and [`terminate`], which runs
+//! `http/1.1`, `h2` (in [`Prefer`]'s order) and `transport.l5d.io/v1`), and
+//! [`terminate`], which runs
 //! one server handshake with a timeout and reports the client's TLS state as
 //! policy sees it ([`ClientTls::Mesh`]).
 //!
@@ -69,11 +70,36 @@ impl ResolvesServerCert for AlwaysResolves {
     }
 }
 
+/// Which HTTP version to pick when a client offers both `h2` and
+/// `http/1.1` (rustls picks the first of our ALPN list the client offers).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Prefer {
+    /// The default: on a port whose protocol is detected, the proxy speaks
+    /// to the app in the client's version, and an app behind an `unknown`
+    /// port may not speak HTTP/2. Clients that offer only `h2` (gRPC) still
+    /// get it.
+    Http1,
+    /// Ports whose Server says `HTTP/2` or `gRPC`.
+    Http2,
+}
+
+impl Prefer {
+    /// Our ALPN list, most preferred first.
+    pub fn alpn(self) -> Vec<Vec<u8>> {
+        let (first, second) = match self {
+            Prefer::Http1 => (ALPN_HTTP1, ALPN_H2),
+            Prefer::Http2 => (ALPN_H2, ALPN_HTTP1),
+        };
+        vec![first.to_vec(), second.to_vec(), ALPN_TRANSPORT.to_vec()]
+    }
+}
+
 /// The server configuration for meshed TLS as `key`'s identity, verifying
-/// client certificates against `roots`.
+/// client certificates against `roots`, with ALPN in `prefer`'s order.
 pub fn server_config(
     key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
+    prefer: Prefer,
 ) -> Result<ServerConfig, ConfigError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
@@ -84,11 +110,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(AlwaysResolves(key)));
-    config.alpn_protocols = vec![
-        ALPN_H2.to_vec(),
-        ALPN_HTTP1.to_vec(),
-        ALPN_TRANSPORT.to_vec(),
-    ];
+    config.alpn_protocols = prefer.alpn();
     Ok(config)
 }
 
@@ -174,12 +196,14 @@ impl<IO> fmt::Debug for Terminated<IO> {
 }
 
 /// Runs the server side of a meshed TLS handshake on `io` as `identity`,
-/// within `timeout`. `io` may be a wrapper that first replays the bytes
-/// detection already read (the ClientHello). `policy` supplies the trust and
-/// identity domains that SPIFFE IDs are read with.
+/// within `timeout`, preferring `prefer`'s HTTP version in ALPN. `io` may be
+/// a wrapper that first replays the bytes detection already read (the
+/// ClientHello). `policy` supplies the trust and identity domains that
+/// SPIFFE IDs are read with.
 pub async fn terminate<IO>(
     io: IO,
     identity: Option<&LocalIdentity>,
+    prefer: Prefer,
     policy: &PolicyConfig,
     timeout: Duration,
 ) -> Result<Terminated<IO>, TlsError>
@@ -187,7 +211,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let identity = identity.ok_or(TlsError::NoIdentity)?;
-    let acceptor = TlsAcceptor::from(identity.server_config());
+    let acceptor = TlsAcceptor::from(identity.server_config(prefer));
     let stream = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Err(_elapsed) => return Err(TlsError::Timeout { timeout }),
         Ok(Err(e)) => return Err(TlsError::from_io(e)),

@@ -50,7 +50,15 @@ fn loads_a_valid_identity_named_after_its_first_dns_san() {
     assert!(!id.matches_sni("second.example"));
     assert!(!id.matches_sni(""));
     assert_eq!(
-        id.server_config().alpn_protocols,
+        id.server_config(tls::Prefer::Http1).alpn_protocols,
+        vec![
+            b"http/1.1".to_vec(),
+            b"h2".to_vec(),
+            b"transport.l5d.io/v1".to_vec()
+        ]
+    );
+    assert_eq!(
+        id.server_config(tls::Prefer::Http2).alpn_protocols,
         vec![
             b"h2".to_vec(),
             b"http/1.1".to_vec(),

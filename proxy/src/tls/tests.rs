@@ -70,7 +70,7 @@ async fn handshake(
     let name = ServerName::try_from(SERVER).unwrap();
     let policy = PolicyConfig::default();
     tokio::join!(
-        terminate(server_io, Some(identity), &policy, TIMEOUT),
+        terminate(server_io, Some(identity), Prefer::Http1, &policy, TIMEOUT),
         connector.connect(name, client_io)
     )
 }
@@ -99,7 +99,7 @@ fn expect_identity<IO>(t: &Terminated<IO>) -> &ClientIdentity {
 async fn a_client_of_the_mesh_ca_is_terminated_with_its_dns_identity() {
     let pki = pki();
     let client = pki.ca.issue(&Leaf::dns(CLIENT));
-    let config = client_config(&pki.ca, Some(&client), &[ALPN_H2, ALPN_HTTP1]);
+    let config = client_config(&pki.ca, Some(&client), &[ALPN_H2]);
     let (server, client) = handshake(&pki.store.current(), config).await;
     let (mut server, mut client) = (server.unwrap(), client.unwrap());
     let id = expect_identity(&server);
@@ -112,6 +112,34 @@ async fn a_client_of_the_mesh_ca_is_terminated_with_its_dns_identity() {
         *pki.store.current().leaf()
     );
     assert_echo(&mut server, &mut client).await;
+}
+
+/// A client offering both versions gets HTTP/1.1 unless the port prefers
+/// HTTP/2; one offering only `h2` (gRPC) always gets it.
+#[tokio::test]
+async fn alpn_follows_the_ports_preference_when_the_client_offers_both() {
+    let pki = pki();
+    let identity = pki.store.current();
+    let policy = PolicyConfig::default();
+    for (prefer, offered, want) in [
+        (Prefer::Http1, &[ALPN_H2, ALPN_HTTP1][..], ALPN_HTTP1),
+        (Prefer::Http2, &[ALPN_HTTP1, ALPN_H2][..], ALPN_H2),
+        (Prefer::Http1, &[ALPN_H2][..], ALPN_H2),
+        (Prefer::Http2, &[ALPN_HTTP1][..], ALPN_HTTP1),
+        (Prefer::Http1, &[ALPN_TRANSPORT][..], ALPN_TRANSPORT),
+    ] {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let connector = TlsConnector::from(Arc::new(client_config(&pki.ca, None, offered)));
+        let (server, _client) = tokio::join!(
+            terminate(server_io, Some(&identity), prefer, &policy, TIMEOUT),
+            connector.connect(ServerName::try_from(SERVER).unwrap(), client_io)
+        );
+        assert_eq!(
+            server.unwrap().alpn.as_deref(),
+            Some(want),
+            "{prefer:?} {offered:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -240,6 +268,7 @@ async fn a_silent_client_times_out() {
     let err = terminate(
         server_io,
         Some(&pki.store.current()),
+        Prefer::Http1,
         &PolicyConfig::default(),
         Duration::from_millis(100),
     )
@@ -257,6 +286,7 @@ async fn a_client_that_hangs_up_or_sends_garbage_is_the_peers_fault() {
     let err = terminate(
         server_io,
         Some(&pki.store.current()),
+        Prefer::Http1,
         &PolicyConfig::default(),
         TIMEOUT,
     )
@@ -272,6 +302,7 @@ async fn a_client_that_hangs_up_or_sends_garbage_is_the_peers_fault() {
     let err = terminate(
         server_io,
         Some(&pki.store.current()),
+        Prefer::Http1,
         &PolicyConfig::default(),
         TIMEOUT,
     )
@@ -283,9 +314,15 @@ async fn a_client_that_hangs_up_or_sends_garbage_is_the_peers_fault() {
 #[tokio::test]
 async fn without_an_identity_it_is_our_fault() {
     let (_client_io, server_io) = tokio::io::duplex(1024);
-    let err = terminate(server_io, None, &PolicyConfig::default(), TIMEOUT)
-        .await
-        .unwrap_err();
+    let err = terminate(
+        server_io,
+        None,
+        Prefer::Http1,
+        &PolicyConfig::default(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, TlsError::NoIdentity));
     assert_eq!(err.fault(), Fault::Local);
 }
@@ -316,9 +353,15 @@ async fn terminates_over_an_io_that_replays_peeked_bytes() {
     assert_eq!(peeked[0], 0x16, "a TLS handshake record");
     let replay = tokio::io::join(std::io::Cursor::new(peeked).chain(read), write);
     let policy = PolicyConfig::default();
-    let mut server = terminate(replay, Some(&pki.store.current()), &policy, TIMEOUT)
-        .await
-        .unwrap();
+    let mut server = terminate(
+        replay,
+        Some(&pki.store.current()),
+        Prefer::Http1,
+        &policy,
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
     assert_eq!(expect_identity(&server).presented, CLIENT);
     let mut buf = [0u8; 4];
     server.stream.read_exact(&mut buf).await.unwrap();
