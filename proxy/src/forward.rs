@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ByteCounters;
 
-/// Copy buffer per direction: large enough for bulk transfers, small enough
-/// for many idle connections.
-const COPY_BUFFER: usize = 64 * 1024;
+/// Copy buffer per direction: enough for bulk transfers (HAProxy uses the
+/// same size), small enough that `--max-connections` idle connections stay
+/// affordable (2 x 16 KiB each).
+const COPY_BUFFER: usize = 16 * 1024;
 
 /// Why forwarding stopped early.
 #[derive(Debug, thiserror::Error)]
