@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use portcullis_policy::client::PolicyClient;
 use portcullis_policy::{Client, ClientTls, Protocol};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -32,6 +33,9 @@ use crate::metrics::{ConnLabels, Metrics, TlsLabel};
 pub struct Inbound {
     pub config: Arc<Config>,
     pub enforcer: Arc<Enforcer>,
+    /// With `--policy-controller`: the stream client, to wait for a port's
+    /// first policy.
+    pub policy_client: Option<PolicyClient>,
     pub metrics: Arc<Metrics>,
     pub http: HttpServer,
     pub upstreams: Upstreams,
@@ -80,6 +84,14 @@ impl Inbound {
             }
         };
         let port = target.port();
+
+        // policy: with a controller, this port's first policy may still be
+        // on its way (or the port is new: watching starts now). Wait for it,
+        // up to --policy-timeout; then the default applies.
+        if let Some(client) = &self.policy_client {
+            client.wait_for_port(port).await;
+        }
+
         // Best effort: a failure only costs latency.
         let _ = stream.set_nodelay(true);
 

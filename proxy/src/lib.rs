@@ -20,7 +20,7 @@
 //! config.rs    flags (PORTCULLIS_* env), validation
 //! metrics.rs   Prometheus series (Linkerd's names and labels)
 //! admin.rs     /metrics /ready /live /policy /config
-//! source.rs    policy sources: none, --policy-file (reloaded)
+//! source.rs    policy sources: none, --policy-file (reloaded), --policy-controller (streamed)
 //! ```
 //!
 //! [`run`] wires them: it starts the policy source, the revocation task, the
@@ -80,7 +80,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )));
 
     // Policy first: connections are decided against it from the start.
-    let ready = source::start(&config, table.clone(), metrics.clone());
+    let source::Started {
+        ready,
+        client: policy_client,
+    } = source::start(&config, table.clone(), metrics.clone())?;
     let enforcer = Enforcer::new(table.clone(), metrics.clone());
     tokio::spawn(enforcer.clone().revoke_on_update());
 
@@ -106,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         enforcer,
+        policy_client,
         metrics: metrics.clone(),
         http: HttpServer::new(&config.http),
         upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
