@@ -23,6 +23,8 @@ use portcullis_policy::{
 };
 use serde::Serialize;
 
+use crate::identity::IdentityConfig;
+
 /// Portcullis: an inbound sidecar proxy that enforces Linkerd authorization policy.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "portcullis", version, about, long_about = None)]
@@ -125,6 +127,46 @@ pub struct Args {
     /// SPIFFE trust domain whose IDs are unified with service accounts [default: cluster.local]
     #[arg(long, env = "PORTCULLIS_IDENTITY_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN, hide_default_value = true)]
     pub identity_trust_domain: String,
+
+    /// Mesh identity: the trust anchors (PEM, one or more CA certificates) that client
+    /// certificates and the proxy's own chain must verify against. With --identity-cert and
+    /// --identity-key, enables meshed mTLS termination
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_TRUST_ANCHORS",
+        value_name = "PEM",
+        requires_all = ["identity_cert", "identity_key"]
+    )]
+    pub identity_trust_anchors: Option<PathBuf>,
+
+    /// Mesh identity: the proxy's certificate chain (PEM, leaf first); reloaded when it changes
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_CERT",
+        value_name = "PEM",
+        requires_all = ["identity_trust_anchors", "identity_key"]
+    )]
+    pub identity_cert: Option<PathBuf>,
+
+    /// Mesh identity: the leaf's private key (PEM: PKCS#8, SEC1 or PKCS#1; ECDSA, Ed25519 or
+    /// RSA); reloaded when it changes
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_KEY",
+        value_name = "PEM",
+        requires_all = ["identity_trust_anchors", "identity_cert"]
+    )]
+    pub identity_key: Option<PathBuf>,
+
+    /// Mesh identity name: the TLS server name meshed clients use (a ClientHello with this SNI
+    /// is terminated) [default: the certificate's first DNS SAN]
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_NAME",
+        value_name = "NAME",
+        requires = "identity_cert"
+    )]
+    pub identity_name: Option<String>,
 
     /// Protocol detection limit: a client that has not sent a recognizable TLS ClientHello or
     /// HTTP request by then is handled as opaque TCP (bytes read so far are forwarded)
@@ -314,6 +356,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub source: PolicySource,
     pub policy: PolicyConfig,
+    /// The mesh identity files; `None`: no mTLS termination (all TLS passes through).
+    pub identity: Option<IdentityConfig>,
     #[serde(serialize_with = "human")]
     pub detect_timeout: Duration,
     pub max_connections: usize,
@@ -480,6 +524,20 @@ impl Args {
                 identity_domain: self.identity_domain,
                 trust_domain: self.identity_trust_domain,
             },
+            identity: match (
+                self.identity_trust_anchors,
+                self.identity_cert,
+                self.identity_key,
+            ) {
+                (Some(trust_anchors), Some(cert), Some(key)) => Some(IdentityConfig {
+                    trust_anchors,
+                    cert,
+                    key,
+                    name: self.identity_name,
+                }),
+                // clap's `requires_all` makes them all-or-none.
+                _ => None,
+            },
             detect_timeout: self.detect_timeout,
             max_connections: self.max_connections,
             app_connect_timeout: self.app_connect_timeout,
@@ -618,5 +676,36 @@ mod tests {
         assert!(parse(&["--opaque-ports", "9-3"]).is_err());
         assert!(parse(&["--detect-timeout", "soon"]).is_err());
         assert!(parse(&["--max-connections", "0"]).is_err());
+        // The identity files come together.
+        let err = parse(&["--identity-cert", "c.pem"]).unwrap_err();
+        assert!(err.contains("--identity-trust-anchors"), "{err}");
+        assert!(parse(&["--identity-name", "x"]).is_err());
+    }
+
+    #[test]
+    fn identity_flags_and_variables() {
+        let c = parse(&[
+            "--identity-trust-anchors",
+            "/id/ca.pem",
+            "--identity-cert",
+            "/id/crt.pem",
+            "--identity-key",
+            "/id/key.pem",
+            "--identity-name",
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+            "--identity-trust-domain",
+            "example.org",
+        ])
+        .unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.trust_anchors, PathBuf::from("/id/ca.pem"));
+        assert_eq!(id.cert, PathBuf::from("/id/crt.pem"));
+        assert_eq!(id.key, PathBuf::from("/id/key.pem"));
+        assert_eq!(
+            id.name.as_deref(),
+            Some("web.ns.serviceaccount.identity.linkerd.cluster.local")
+        );
+        assert_eq!(c.policy.trust_domain, "example.org");
+        assert_eq!(parse(&[]).unwrap().identity, None);
     }
 }
