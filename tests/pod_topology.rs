@@ -34,12 +34,30 @@ const OTHER_CLIENT_IP: &str = "198.18.1.2";
 const PROXY_UID: &str = "2102";
 
 /// A listener for the pod: `MODE LABEL HOST PORT`. Prints `ready` once
-/// listening. Mode `origdst` answers each connection with one line naming
-/// the label, the original destination (SO_ORIGINAL_DST, 80 in
-/// <linux/netfilter_ipv4.h>) and the peer, then closes.
+/// listening. Modes:
+/// - `origdst`: answers each connection with one line naming the label, the
+///   original destination (SO_ORIGINAL_DST, 80 in
+///   <linux/netfilter_ipv4.h>) and the peer, then closes;
+/// - `greet`: a server-speaks-first app (like PostgreSQL or MySQL): sends
+///   `LABEL hello`, then echoes until the client closes;
+/// - `http`: an HTTP app answering `LABEL PATH` to every GET.
 const LISTENER_PY: &str = r#"
 import socket, struct, sys, threading
 mode, label, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if mode == "http":
+    import http.server
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = ("%s %s\n" % (label, self.path)).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    srv = http.server.ThreadingHTTPServer((host, port), H)
+    print("ready", flush=True)
+    srv.serve_forever()
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((host, port))
@@ -54,6 +72,13 @@ def handle(c, peer):
             except OSError as e:
                 orig = "none(%s)" % e.errno
             c.sendall(("%s orig=%s peer=%s\n" % (label, orig, peer[0])).encode())
+        elif mode == "greet":
+            c.sendall(("%s hello\n" % label).encode())
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                c.sendall(data)
     finally:
         c.close()
 while True:
@@ -61,19 +86,25 @@ while True:
     threading.Thread(target=handle, args=(c, peer), daemon=True).start()
 "#;
 
-/// A client: `SRC DST PORT UID`. `SRC`/`UID` of `-` mean default. Connects
-/// (as UID, when given), reads to EOF and prints what it got; on a
-/// connection error prints `error: NAME` and exits 3.
+/// A client: `SRC DST PORT UID SEND SHUT`. `SRC`/`UID` of `-` mean default.
+/// Connects (as UID, when given), sends SEND (hex, `-` for nothing), closes
+/// its write side when SHUT is `shut`, reads to EOF and prints what it got;
+/// on a connection error prints what it got so far and `error: NAME`, and
+/// exits 3.
 const CLIENT_PY: &str = r#"
 import os, socket, sys
 import encodings.idna  # socket needs it; import before dropping root can hide /root
-src, host, port, uid = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+src, host, port, uid, send, shut = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 if uid != "-":
     os.setgroups([]); os.setgid(int(uid)); os.setuid(int(uid))
+data = b""
 try:
     c = socket.create_connection((host, port), timeout=5,
                                  source_address=None if src == "-" else (src, 0))
-    data = b""
+    if send != "-":
+        c.sendall(bytes.fromhex(send))
+    if shut == "shut":
+        c.shutdown(socket.SHUT_WR)
     while True:
         chunk = c.recv(65536)
         if not chunk:
@@ -81,6 +112,7 @@ try:
         data += chunk
     sys.stdout.write(data.decode("utf-8", "replace"))
 except OSError as e:
+    sys.stdout.write(data.decode("utf-8", "replace"))
     print("error: %s" % type(e).__name__)
     sys.exit(3)
 "#;
@@ -141,9 +173,19 @@ impl Topology {
     }
 }
 
-/// Connects from `ns` (from address `src`, as `uid`) and returns what the
-/// server said, or `error: ...`.
-fn connect(ns: &Netns, src: Option<&str>, dst: &str, port: u16, uid: Option<&str>) -> String {
+/// Connects from `ns` (from address `src`, as `uid`), sends `send` (then
+/// closes the write side if `shut`), and returns everything the server said
+/// until it closed, with `error: ...` appended on a connection error.
+fn exchange(
+    ns: &Netns,
+    src: Option<&str>,
+    dst: &str,
+    port: u16,
+    uid: Option<&str>,
+    send: &[u8],
+    shut: bool,
+) -> String {
+    let hex: String = send.iter().map(|b| format!("{b:02x}")).collect();
     let mut cmd = ns.command("python3");
     cmd.args([
         "-c",
@@ -152,15 +194,50 @@ fn connect(ns: &Netns, src: Option<&str>, dst: &str, port: u16, uid: Option<&str
         dst,
         &port.to_string(),
         uid.unwrap_or("-"),
+        if hex.is_empty() { "-" } else { &hex },
+        if shut { "shut" } else { "keep" },
     ]);
     let out = netns::output_within(&mut cmd, Duration::from_secs(20));
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
-        out.status.success() || text.starts_with("error: "),
+        out.status.success() || text.contains("error: "),
         "client {dst}:{port} from {src:?} as {uid:?} crashed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// Connects and reads what the server says first (nothing sent).
+fn connect(ns: &Netns, src: Option<&str>, dst: &str, port: u16, uid: Option<&str>) -> String {
+    exchange(ns, src, dst, port, uid, b"", false)
+}
+
+/// An HTTP/1.1 response as the client saw it.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    /// Header lines, lowercased.
+    head: String,
+    body: String,
+    raw: String,
+}
+
+/// `GET path` to `POD_IP:port` from the client namespace.
+fn http_get(t: &Topology, src: Option<&str>, port: u16, path: &str) -> Response {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: api.shop\r\nConnection: close\r\n\r\n");
+    let raw = exchange(&t.client, src, POD_IP, port, None, req.as_bytes(), false);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Response {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+        raw: raw.clone(),
+    }
 }
 
 #[test]
@@ -226,4 +303,272 @@ fn redirect_reaches_the_proxy_port_with_the_original_destination() {
     t.init(&["--skip-inbound-ports", "2222"]);
     assert!(from_client(None, 2222).starts_with("skipped "));
     assert!(from_client(None, 8080).starts_with("proxy orig="));
+}
+
+/// The pod's policy: `shop/api` with four ports, each decided by its own
+/// Server. The authorizations admit only the /30 of the veth, so the second
+/// client address (198.18.1.2) is outside their networks.
+const POLICY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations:
+    config.linkerd.io/default-inbound-policy: deny
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api
+  namespace: shop
+  labels: {app: api}
+spec:
+  containers:
+  - name: api
+    ports:
+    - {name: http, containerPort: 8080}
+    - {name: admin-http, containerPort: 9090}
+    - {name: db, containerPort: 5432}
+    - {name: cache, containerPort: 6379}
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {name: api-http, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  port: http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: ServerAuthorization
+metadata: {name: api-http-veth, namespace: shop}
+spec:
+  server: {name: api-http}
+  client:
+    unauthenticated: true
+    networks: [{cidr: 198.18.0.0/30}]
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {name: api-admin, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  port: admin-http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {name: api-db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  port: db
+  proxyProtocol: opaque
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: ServerAuthorization
+metadata: {name: api-db-veth, namespace: shop}
+spec:
+  server: {name: api-db}
+  client:
+    unauthenticated: true
+    networks: [{cidr: 198.18.0.0/30}]
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {name: api-cache, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  port: cache
+  proxyProtocol: opaque
+"#;
+
+/// Sum of a metric's samples whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_real_proxy_enforces_policy_on_redirected_traffic() {
+    let Some(t) = Topology::new() else { return };
+    // The proxy runs as the image's UID, so the files must be readable by it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let proxy_bin = e2e::bin("portcullis");
+
+    t.init(&[]);
+    // The app's ports, on loopback where the proxy forwards (--app-addr).
+    let _http = t.listen("http", "api", "127.0.0.1", 8080);
+    let _admin_app = t.listen("http", "api-admin", "127.0.0.1", 9090);
+    let _db = t.listen("greet", "db", "127.0.0.1", 5432);
+    let _cache = t.listen("greet", "cache", "127.0.0.1", 6379);
+
+    // The sidecar, as the manifests run it: all inbound on 0.0.0.0:4143,
+    // admin on the pod IP (for kubelet probes), UID 2102.
+    let log_path = dir.path().join("proxy.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = t.pod.command("setpriv");
+    cmd.args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
+        .arg(&proxy_bin)
+        .args(["--inbound-addr", "0.0.0.0:4143"])
+        .args(["--admin-addr", &format!("{POD_IP}:4191")])
+        .args(["--app-addr", "127.0.0.1"])
+        .arg("--policy-file")
+        .arg(&policy)
+        .args(["--workload", "shop/api"])
+        .env("PORTCULLIS_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    let _proxy = Background::start(cmd, "portcullis in the pod".into());
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // The admin port is not redirected: kubelet's probes reach /ready and
+    // /live on the pod IP directly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http_get(&t, None, 4191, "/ready");
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "proxy not ready on {POD_IP}:4191: {ready:?}\nlogs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let live = http_get(&t, None, 4191, "/live");
+    assert_eq!(live.status, 200, "{live:?}");
+
+    // HTTP, decided on the original destination port: every connection
+    // arrives on 4143, only SO_ORIGINAL_DST tells 8080 from 9090.
+    let ok = http_get(&t, None, 8080, "/items");
+    assert_eq!(ok.status, 200, "{}\nlogs:\n{}", ok.raw, logs());
+    assert_eq!(ok.body.trim(), "api /items");
+    let denied = http_get(&t, None, 9090, "/admin");
+    assert_eq!(denied.status, 403, "{}", denied.raw);
+    assert!(
+        denied
+            .head
+            .contains("l5d-proxy-error: unauthorized request on route"),
+        "{}",
+        denied.raw
+    );
+    assert!(
+        !denied.body.contains("api-admin"),
+        "the app answered: {}",
+        denied.raw
+    );
+
+    // Opaque: the server-speaks-first app greets, then echoes, through the
+    // proxy; the unauthorized port closes without a byte of the app's.
+    let db = exchange(&t.client, None, POD_IP, 5432, None, b"SELECT 1;\n", true);
+    assert_eq!(db, "db hello\nSELECT 1;", "logs:\n{}", logs());
+    let cache = exchange(&t.client, None, POD_IP, 6379, None, b"PING\r\n", true);
+    assert!(
+        !cache.contains("cache hello"),
+        "denied port forwarded: {cache:?}"
+    );
+
+    // A client address outside the authorizations' networks: denied on
+    // both protocols.
+    let outside = http_get(&t, Some(OTHER_CLIENT_IP), 8080, "/items");
+    assert_eq!(outside.status, 403, "{}", outside.raw);
+    let outside_db = exchange(
+        &t.client,
+        Some(OTHER_CLIENT_IP),
+        POD_IP,
+        5432,
+        None,
+        b"SELECT 1;\n",
+        true,
+    );
+    assert!(!outside_db.contains("db hello"), "{outside_db:?}");
+
+    // The proxy's own metrics agree, with the original destination as
+    // target address and port.
+    let metrics = http_get(&t, None, 4191, "/metrics").body;
+    let target = |port: &str| {
+        [
+            ("target_addr", format!("{POD_IP}:{port}")),
+            ("target_port", port.to_owned()),
+        ]
+    };
+    let count = |name: &str, port: &str, extra: &[(&str, &str)]| {
+        let t = target(port);
+        let mut labels: Vec<(&str, &str)> = t.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels.extend_from_slice(extra);
+        metric(&metrics, name, &labels)
+    };
+    assert_eq!(
+        count(
+            "inbound_http_authz_allow_total",
+            "8080",
+            &[("srv_name", "api-http")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "inbound_http_authz_deny_total",
+            "9090",
+            &[("srv_name", "api-admin")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "inbound_http_authz_deny_total",
+            "8080",
+            &[("srv_name", "api-http")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "inbound_tcp_authz_allow_total",
+            "5432",
+            &[("srv_name", "api-db")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "inbound_tcp_authz_deny_total",
+            "6379",
+            &[("srv_name", "api-cache")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "inbound_tcp_authz_deny_total",
+            "5432",
+            &[("srv_name", "api-db")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // Nothing was ever addressed to the admin port through the proxy.
+    assert_eq!(
+        metric(&metrics, "tcp_open_total", &[("target_port", "4191")]),
+        0.0,
+        "{metrics}"
+    );
 }
