@@ -63,7 +63,12 @@ fn env(c: &Value) -> Vec<(String, String)> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+                .filter_map(|e| {
+                    Some((
+                        e["name"].as_str()?.to_owned(),
+                        e["value"].as_str()?.to_owned(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -87,7 +92,11 @@ fn port_of(addr: &str) -> u16 {
 fn container_ports(c: &Value) -> BTreeSet<u64> {
     c["ports"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p["containerPort"].as_u64()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["containerPort"].as_u64())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -97,9 +106,12 @@ fn image_uid() -> u64 {
     let user = text
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("Dockerfile has USER");
-    user.split(':').next().and_then(|u| u.trim().parse().ok()).expect("numeric USER")
+    user.split(':')
+        .next()
+        .and_then(|u| u.trim().parse().ok())
+        .expect("numeric USER")
 }
 
 fn readme_section() -> String {
@@ -132,7 +144,10 @@ fn injected_pods_are_wired_consistently() {
         .find(|w| w[0] == "--listen")
         .map(|w| w[1])
         .expect("controller --listen");
-    assert_eq!(svc_port["targetPort"].as_u64(), Some(port_of(listen).into()));
+    assert_eq!(
+        svc_port["targetPort"].as_u64(),
+        Some(port_of(listen).into())
+    );
     let controller_url = format!(
         "http://{}.{}.svc.cluster.local.:{}",
         str_of(&svc["metadata"]["name"]),
@@ -144,7 +159,10 @@ fn injected_pods_are_wired_consistently() {
         let d = kind(&demo, "Deployment", app);
         let ns = str_of(&d["metadata"]["namespace"]);
         let pod = &d["spec"]["template"]["spec"];
-        assert_eq!(pod["serviceAccountName"], app, "one identity per service account");
+        assert_eq!(
+            pod["serviceAccountName"], app,
+            "one identity per service account"
+        );
         let init = container(&pod["initContainers"], "portcullis-init");
         let proxy = container(&pod["containers"], "portcullis");
         let app_c = container(&pod["containers"], app);
@@ -182,18 +200,34 @@ fn injected_pods_are_wired_consistently() {
             assert_eq!(proxy[probe]["httpGet"]["port"].as_u64(), Some(admin.into()));
         }
         for r in ["cpu", "memory"] {
-            assert!(proxy["resources"]["requests"][r].is_string(), "{app}: no {r} request");
+            assert!(
+                proxy["resources"]["requests"][r].is_string(),
+                "{app}: no {r} request"
+            );
         }
-        assert_eq!(env_value(init, "PORTCULLIS_PROXY_INBOUND_PORT"), inbound.to_string());
-        assert_eq!(env_value(init, "PORTCULLIS_PROXY_ADMIN_PORT"), admin.to_string());
-        assert_eq!(env_value(init, "PORTCULLIS_PROXY_UID"), image_uid().to_string());
+        assert_eq!(
+            env_value(init, "PORTCULLIS_PROXY_INBOUND_PORT"),
+            inbound.to_string()
+        );
+        assert_eq!(
+            env_value(init, "PORTCULLIS_PROXY_ADMIN_PORT"),
+            admin.to_string()
+        );
+        assert_eq!(
+            env_value(init, "PORTCULLIS_PROXY_UID"),
+            image_uid().to_string()
+        );
 
         // The init container's settings produce the intended rules.
         let mut cmd = Command::new("sh");
         cmd.arg(path("deploy/portcullis-init.sh")).arg("--dry-run");
         cmd.envs(env(init));
         let out = cmd.output().expect("init --dry-run");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let rules = String::from_utf8_lossy(&out.stdout);
         for r in [
             format!("--dport {admin} "),
@@ -205,8 +239,14 @@ fn injected_pods_are_wired_consistently() {
 
         // Policy: our controller, this Deployment as the workload, the
         // app's ports fetched at startup.
-        assert_eq!(env_value(proxy, "PORTCULLIS_POLICY_CONTROLLER"), controller_url);
-        assert_eq!(env_value(proxy, "PORTCULLIS_WORKLOAD"), format!("{ns}/{app}"));
+        assert_eq!(
+            env_value(proxy, "PORTCULLIS_POLICY_CONTROLLER"),
+            controller_url
+        );
+        assert_eq!(
+            env_value(proxy, "PORTCULLIS_WORKLOAD"),
+            format!("{ns}/{app}")
+        );
         let ports: BTreeSet<u64> = env_value(proxy, "PORTCULLIS_INBOUND_PORTS")
             .split(',')
             .map(|p| p.trim().parse().expect("port"))
@@ -242,7 +282,11 @@ fn help(program: &Path, args: &[&str]) -> String {
         Command::new(program).args(args).output()
     }
     .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-    assert!(out.status.success(), "{} {args:?} failed", program.display());
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed",
+        program.display()
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -261,7 +305,10 @@ fn every_variable_and_flag_is_one_the_binaries_accept() {
         let pod = &kind(&demo, "Deployment", app)["spec"]["template"]["spec"];
         for (c, h) in [
             (container(&pod["containers"], "portcullis"), &proxy_help),
-            (container(&pod["initContainers"], "portcullis-init"), &init_help),
+            (
+                container(&pod["initContainers"], "portcullis-init"),
+                &init_help,
+            ),
         ] {
             let names: Vec<String> = c["env"]
                 .as_array()
@@ -272,7 +319,11 @@ fn every_variable_and_flag_is_one_the_binaries_accept() {
                 .collect();
             assert!(!names.is_empty());
             for n in names {
-                assert!(h.contains(&n), "{app}/{}: {n} is not a variable it reads", c["name"]);
+                assert!(
+                    h.contains(&n),
+                    "{app}/{}: {n} is not a variable it reads",
+                    c["name"]
+                );
             }
         }
     }
@@ -284,7 +335,12 @@ fn every_variable_and_flag_is_one_the_binaries_accept() {
         c["command"],
         serde_json::json!(["/usr/local/bin/portcullis-controller"])
     );
-    let args: Vec<&str> = c["args"].as_array().expect("args").iter().map(str_of).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(str_of)
+        .collect();
     assert_eq!(args.first(), Some(&"serve"));
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         assert!(serve_help.contains(flag), "serve has no {flag}");
@@ -328,9 +384,15 @@ fn check(resources: &[&Path], workload: &str, port: u16, client: &[&str]) -> (i3
 fn the_controller_serves_the_walkthrough_from_the_configmap() {
     // The controller reads the directory the ConfigMap is mounted at...
     let controller = docs("deploy/k8s/controller.yaml");
-    let spec = &kind(&controller, "Deployment", "portcullis-controller")["spec"]["template"]["spec"];
+    let spec =
+        &kind(&controller, "Deployment", "portcullis-controller")["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
-    let args: Vec<&str> = c["args"].as_array().expect("args").iter().map(str_of).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(str_of)
+        .collect();
     let resources = args
         .windows(2)
         .find(|w| w[0] == "--resources")
@@ -350,7 +412,10 @@ fn the_controller_serves_the_walkthrough_from_the_configmap() {
         "kubectl -n portcullis create configmap {configmap} \\\n  --from-file={} --from-file={}",
         files[0], files[1]
     );
-    assert!(readme.contains(&create), "README does not create the ConfigMap as:\n{create}");
+    assert!(
+        readme.contains(&create),
+        "README does not create the ConfigMap as:\n{create}"
+    );
 
     let mounted = configmap_mount(&files);
     let out = Command::new(e2e::bin("portcullis-controller"))
@@ -359,7 +424,11 @@ fn the_controller_serves_the_walkthrough_from_the_configmap() {
         .output()
         .expect("validate");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("2 Deployments") && text.contains("NetworkAuthenticationPolicy"),
         "the mounted files were not all read: {text}"
@@ -386,10 +455,16 @@ fn the_controller_serves_the_walkthrough_from_the_configmap() {
         let (code, out) = check(&ours, workload, port, client);
         assert_eq!(code, want, "{workload}:{port} {client:?}: {out}");
         let (code, out) = check(&theirs, workload, port, client);
-        assert_eq!(code, want, "Linkerd mode {workload}:{port} {client:?}: {out}");
+        assert_eq!(
+            code, want,
+            "Linkerd mode {workload}:{port} {client:?}: {out}"
+        );
     }
     let (_, out) = check(&ours, "demo/backend", 8080, &["--client-id", FRONTEND_ID]);
-    assert!(out.contains("networkauthenticationpolicy/frontend-can-talk-to-backend"), "{out}");
+    assert!(
+        out.contains("networkauthenticationpolicy/frontend-can-talk-to-backend"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -407,14 +482,20 @@ fn readme_commands_name_files_and_resources_that_exist() {
         "--from-file=cert.pem=",
         "--from-file=key.pem=",
     ] {
-        assert!(readme.contains(needle), "README's sidecar section lacks {needle:?}");
+        assert!(
+            readme.contains(needle),
+            "README's sidecar section lacks {needle:?}"
+        );
     }
     // Every repository path README mentions exists.
     for word in readme.split(|c: char| c.is_whitespace() || "`()[],=".contains(c)) {
         let word = word.trim_end_matches(['.', ':']);
         if word.starts_with("deploy/") || word.starts_with("tests/") || word.starts_with("scripts/")
         {
-            assert!(path(word).exists(), "README names {word}, which does not exist");
+            assert!(
+                path(word).exists(),
+                "README names {word}, which does not exist"
+            );
         }
     }
     // The downward-API variables the Linkerd-mode command relies on exist.
@@ -423,10 +504,13 @@ fn readme_commands_name_files_and_resources_that_exist() {
         let pod = &kind(&demo, "Deployment", app)["spec"]["template"]["spec"];
         let proxy = container(&pod["containers"], "portcullis");
         let env = proxy["env"].as_array().expect("env");
-        for (var, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        for (var, field) in [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+        ] {
             assert!(
-                env.iter().any(|e| e["name"] == var
-                    && e["valueFrom"]["fieldRef"]["fieldPath"] == field),
+                env.iter()
+                    .any(|e| e["name"] == var && e["valueFrom"]["fieldRef"]["fieldPath"] == field),
                 "{app}: no {var} from {field}"
             );
         }

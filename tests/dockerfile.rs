@@ -68,7 +68,10 @@ fn parse(text: &str) -> Vec<Stage> {
             args: args.trim().to_owned(),
         });
     }
-    assert!(current.is_empty(), "Dockerfile ends inside a continued line");
+    assert!(
+        current.is_empty(),
+        "Dockerfile ends inside a continued line"
+    );
     let mut stages: Vec<Stage> = Vec::new();
     for i in instrs {
         if i.keyword == "FROM" {
@@ -140,9 +143,7 @@ fn build_stage_compiles_the_binaries_the_image_copies() {
     assert_eq!(build.image, "docker.io/library/rust:1-bookworm");
     let run = build.one("RUN");
     assert!(
-        run.contains(
-            "cargo build --release --locked -p portcullis-proxy -p portcullis-controller"
-        ),
+        run.contains("cargo build --release --locked -p portcullis-proxy -p portcullis-controller"),
         "{run}"
     );
     // Dependencies and the target directory are cached between builds.
@@ -169,7 +170,10 @@ fn build_stage_compiles_the_binaries_the_image_copies() {
         let meta = std::fs::metadata(&path)
             .unwrap_or_else(|e| panic!("{name}: cargo built no {}: {e}", path.display()));
         use std::os::unix::fs::PermissionsExt;
-        assert!(meta.is_file() && meta.permissions().mode() & 0o111 != 0, "{name} not executable");
+        assert!(
+            meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+            "{name} not executable"
+        );
     }
     assert!(run.contains("install -D -m 0755 -t /out"), "{run}");
 
@@ -179,7 +183,11 @@ fn build_stage_compiles_the_binaries_the_image_copies() {
     assert_eq!(flags, ["--from=build"]);
     let copied: BTreeSet<String> = srcs
         .iter()
-        .map(|s| s.strip_prefix("/out/").unwrap_or_else(|| panic!("{s} not from /out")).to_owned())
+        .map(|s| {
+            s.strip_prefix("/out/")
+                .unwrap_or_else(|| panic!("{s} not from /out"))
+                .to_owned()
+        })
         .collect();
     assert_eq!(copied, built);
     assert_eq!(dest, "/usr/local/bin/");
@@ -192,14 +200,20 @@ fn runtime_stage_is_the_default_minimal_and_non_root() {
     let proxy = stages.last().expect("stages");
     assert_eq!(proxy.name.as_deref(), Some("proxy"));
     assert_eq!(proxy.image, "gcr.io/distroless/cc-debian12");
-    assert!(proxy.all("RUN").is_empty(), "distroless has no shell to RUN with");
+    assert!(
+        proxy.all("RUN").is_empty(),
+        "distroless has no shell to RUN with"
+    );
     assert_eq!(proxy.one("USER"), "2102:2102");
     let exposed: BTreeSet<&str> = proxy.one("EXPOSE").split_whitespace().collect();
     assert_eq!(exposed, BTreeSet::from(["4143", "4191"]));
     let entry = exec_form(proxy.one("ENTRYPOINT"));
     assert_eq!(entry, ["/usr/local/bin/portcullis"]);
     let (_, srcs, dest) = copy_parts(proxy.one("COPY"));
-    assert!(copied_to(dest, &srcs).contains(&entry[0]), "entrypoint is not copied in");
+    assert!(
+        copied_to(dest, &srcs).contains(&entry[0]),
+        "entrypoint is not copied in"
+    );
     assert!(
         stages.iter().all(|s| s.all("HEALTHCHECK").is_empty()),
         "Kubernetes probes /ready and /live; the image has no HEALTHCHECK"
@@ -214,7 +228,10 @@ fn runtime_stage_is_the_default_minimal_and_non_root() {
         .expect("portcullis --help");
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("PORTCULLIS_ADMIN_ADDR"), "{help}");
-    assert!(help.contains("--inbound-addr") && help.contains("0.0.0.0:4143"), "{help}");
+    assert!(
+        help.contains("--inbound-addr") && help.contains("0.0.0.0:4143"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -222,7 +239,9 @@ fn init_stage_ships_the_script_with_iptables() {
     let stages = dockerfile();
     let init = stage(&stages, "init");
     assert_eq!(init.image, "docker.io/library/debian:bookworm-slim");
-    assert!(init.one("RUN").contains("apt-get install -y --no-install-recommends iptables"));
+    assert!(init
+        .one("RUN")
+        .contains("apt-get install -y --no-install-recommends iptables"));
     let (flags, srcs, dest) = copy_parts(init.one("COPY"));
     assert_eq!(flags, ["--chmod=0755"]);
     assert_eq!(srcs, ["deploy/portcullis-init.sh"]);
@@ -262,7 +281,10 @@ fn build_context_keeps_what_cargo_needs() {
         );
     }
     for out in ["target", "target/release/portcullis", ".git", "fuzz/target"] {
-        assert!(ignored(&patterns, out), "{out} should not be sent to the builder");
+        assert!(
+            ignored(&patterns, out),
+            "{out} should not be sent to the builder"
+        );
     }
     // Everything cargo reads for the workspace (all member manifests and
     // sources, the lock file for --locked, the root package's tests/ which
@@ -286,7 +308,10 @@ fn build_context_keeps_what_cargo_needs() {
     }
     for path in &needed {
         assert!(Path::new(ROOT).join(path).exists(), "{path} does not exist");
-        assert!(!ignored(&patterns, path), "{path} is excluded by .dockerignore");
+        assert!(
+            !ignored(&patterns, path),
+            "{path} is excluded by .dockerignore"
+        );
     }
 }
 
@@ -317,11 +342,16 @@ fn readme_states_what_the_dockerfile_does() {
         "NET_ADMIN",
         "NET_RAW",
     ] {
-        assert!(section.contains(fact), "README's sidecar section does not say {fact:?}");
+        assert!(
+            section.contains(fact),
+            "README's sidecar section does not say {fact:?}"
+        );
     }
     // The image size estimate is stated, in MB.
     assert!(
-        section.lines().any(|l| l.contains("image size") && l.contains("MB")),
+        section
+            .lines()
+            .any(|l| l.contains("image size") && l.contains("MB")),
         "README's sidecar section gives no image size estimate"
     );
 }

@@ -180,7 +180,9 @@ COMMIT
 fn bad_usage_exits_2_and_names_the_problem() {
     // Every value lands in an iptables rule: anything but digits, ranges and
     // known words must be refused before iptables sees it.
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    // (arguments after --dry-run, environment, what stderr must say)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--proxy-inbound-port", "0"], &[], "--proxy-inbound-port"),
         (
             &["--proxy-inbound-port", "65536"],
