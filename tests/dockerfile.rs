@@ -146,6 +146,8 @@ fn build_stage_compiles_the_binaries_the_image_copies() {
         run.contains("cargo build --release --locked -p portcullis-proxy -p portcullis-controller"),
         "{run}"
     );
+    // Debug line tables (most of the release binaries' size) are dropped.
+    assert_eq!(build.one("ARG"), "CARGO_PROFILE_RELEASE_STRIP=debuginfo");
     // Dependencies and the target directory are cached between builds.
     for cache in [
         "type=cache,target=/usr/local/cargo/registry",
