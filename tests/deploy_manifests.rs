@@ -487,10 +487,17 @@ fn readme_commands_name_files_and_resources_that_exist() {
             "README's sidecar section lacks {needle:?}"
         );
     }
-    // Every repository path README mentions exists.
+    // Every repository path README mentions exists (files have an
+    // extension, directories a trailing slash; `deploy/frontend` is a
+    // kubectl resource, not a path).
     for word in readme.split(|c: char| c.is_whitespace() || "`()[],=".contains(c)) {
         let word = word.trim_end_matches(['.', ':']);
-        if word.starts_with("deploy/") || word.starts_with("tests/") || word.starts_with("scripts/")
+        let looks_like_path =
+            word.ends_with('/') || word.rsplit('/').next().is_some_and(|f| f.contains('.'));
+        if looks_like_path
+            && (word.starts_with("deploy/")
+                || word.starts_with("tests/")
+                || word.starts_with("scripts/"))
         {
             assert!(
                 path(word).exists(),
