@@ -11,10 +11,19 @@
 //!                                           listener on 0.0.0.0:4143, app on 127.0.0.1
 //! ```
 //!
-//! `redirect_reaches_the_proxy_port_with_the_original_destination` checks the
-//! plumbing with a stand-in listener (a Python one-liner that reports
-//! SO_ORIGINAL_DST): every port is redirected with its original destination
-//! intact, except the admin port, the skip list and the proxy's own UID.
+//! - `redirect_reaches_the_proxy_port_with_the_original_destination` checks
+//!   the plumbing with a stand-in listener (a Python one-liner that reports
+//!   SO_ORIGINAL_DST): every port is redirected with its original
+//!   destination intact, except the admin port, the skip list and the
+//!   proxy's own UID.
+//! - `the_real_proxy_enforces_policy_on_redirected_traffic` puts the real
+//!   `portcullis` (UID 2102, `--policy-file`) behind the rules: HTTP and
+//!   opaque ports allowed and denied by the original destination port, the
+//!   admin port reached directly, a client outside the networks denied.
+//! - `the_walkthrough_runs_as_the_manifests_configure_it` runs the backend
+//!   pod of `deploy/k8s/demo.yaml` with its init and sidecar settings, fed by
+//!   `portcullis-controller` from the ConfigMap's files, and replays README's
+//!   curl commands: plaintext refused, mTLS as the frontend let through.
 //!
 //! Needs root (CI runs as root); skips with a message when namespaces cannot
 //! be created. Namespaces and processes are removed by guards, also on
@@ -570,5 +579,216 @@ fn the_real_proxy_enforces_policy_on_redirected_traffic() {
         metric(&metrics, "tcp_open_total", &[("target_port", "4191")]),
         0.0,
         "{metrics}"
+    );
+}
+
+/// The backend's sidecar and init container settings from
+/// `deploy/k8s/demo.yaml` (literal `value:` entries), as (name, value).
+fn manifest_env(container_list: &str, container: &str) -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/demo.yaml"))
+            .expect("deploy/k8s/demo.yaml");
+    let backend = text
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).expect("demo.yaml document"))
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "backend")
+        .expect("backend Deployment");
+    backend["spec"]["template"]["spec"][container_list]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .and_then(|c| c["env"].as_array())
+        .expect("container env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// curl from the client namespace; returns what `-w` printed.
+fn curl(t: &Topology, args: &[&str]) -> String {
+    let mut cmd = t.client.command("curl");
+    cmd.args(["-s", "-m", "10"]).args(args);
+    let out = netns::output_within(&mut cmd, Duration::from_secs(30));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_walkthrough_runs_as_the_manifests_configure_it() {
+    // README "Sidecar (Kubernetes)" on one machine: the backend pod is the
+    // pod namespace, the frontend the client namespace, and the controller
+    // runs there too (another address, like another pod). The init
+    // container and the sidecar get exactly the manifest's settings except
+    // where the controller and the identity files are.
+    let Some(t) = Topology::new() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    let world_readable = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    world_readable(dir.path(), 0o755);
+
+    // The PKI, minted as README does (Secrets are mounted 0644).
+    let pki = dir.path().join("pki");
+    let mut mint = std::process::Command::new("sh");
+    mint.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/mint-mesh-pki.sh"
+    ))
+    .arg(&pki)
+    .arg("frontend=frontend.demo.serviceaccount.identity.linkerd.cluster.local")
+    .arg("backend=backend.demo.serviceaccount.identity.linkerd.cluster.local");
+    netns::check(&mut mint);
+    world_readable(&pki, 0o755);
+    for f in std::fs::read_dir(&pki).expect("pki dir") {
+        world_readable(&f.expect("entry").path(), 0o644);
+    }
+    let pki_file = |f: &str| pki.join(f).to_string_lossy().into_owned();
+
+    // The ConfigMap's files, served by the controller.
+    let resources = dir.path().join("resources");
+    std::fs::create_dir(&resources).expect("mkdir");
+    for f in ["demo.yaml", "policy.yaml"] {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/k8s")
+            .join(f);
+        std::fs::copy(src, resources.join(f)).expect("copy");
+    }
+    let _controller = t.client.spawn(
+        e2e::bin("portcullis-controller")
+            .to_str()
+            .expect("utf-8 path"),
+        &[
+            "serve",
+            "--resources",
+            resources.to_str().expect("utf-8 path"),
+            "--listen",
+            &format!("{CLIENT_IP}:8090"),
+            // The namespaces' addresses play the cluster's pod network.
+            "--cluster-networks",
+            "198.18.0.0/30",
+        ],
+    );
+
+    // The init container, with its manifest settings.
+    let mut init = t.pod.command("sh");
+    init.arg(SCRIPT)
+        .envs(manifest_env("initContainers", "portcullis-init"));
+    netns::check(&mut init);
+
+    // The backend app (nginx-unprivileged in the manifest).
+    let _app = t.listen("http", "backend", "127.0.0.1", 8080);
+
+    // The sidecar, as UID 2102 with the manifest's environment.
+    let mut env = manifest_env("containers", "portcullis");
+    for (k, v) in env.iter_mut() {
+        match k.as_str() {
+            "PORTCULLIS_POLICY_CONTROLLER" => *v = format!("http://{CLIENT_IP}:8090"),
+            "PORTCULLIS_IDENTITY_TRUST_ANCHORS" => *v = pki_file("ca.pem"),
+            "PORTCULLIS_IDENTITY_CERT" => *v = pki_file("backend.pem"),
+            "PORTCULLIS_IDENTITY_KEY" => *v = pki_file("backend.key"),
+            _ => {}
+        }
+    }
+    assert!(env
+        .iter()
+        .any(|(k, v)| k == "PORTCULLIS_WORKLOAD" && v == "demo/backend"));
+    // The proxy's own default cluster networks do not include 198.18/15.
+    env.push(("PORTCULLIS_CLUSTER_NETWORKS".into(), "198.18.0.0/30".into()));
+    let log_path = dir.path().join("proxy.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = t.pod.command("setpriv");
+    cmd.args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
+        .arg(e2e::bin("portcullis"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    let _proxy = Background::start(cmd, "backend sidecar".into());
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Ready (kubelet's readiness probe) once the controller's policy for
+    // 8080 arrived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while curl(
+        &t,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{POD_IP}:4191/ready"),
+        ],
+    ) != "200"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend sidecar never ready\nlogs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // README's first command: plaintext from the frontend is refused.
+    assert_eq!(
+        curl(
+            &t,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %header{l5d-proxy-error}",
+                &format!("http://{POD_IP}:8080/")
+            ]
+        ),
+        "403 unauthorized request on route",
+        "logs:\n{}",
+        logs()
+    );
+    // Its second: mutual TLS with the frontend's identity gets through.
+    let b = "backend.demo.serviceaccount.identity.linkerd.cluster.local";
+    let mtls = |cert: &str, key: &str, extra: &[&str]| {
+        let (ca, cert, key) = (pki_file("ca.pem"), pki_file(cert), pki_file(key));
+        let connect_to = format!("{b}:8080:{POD_IP}:8080");
+        let url = format!("https://{b}:8080/hello");
+        let mut args = vec![
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--connect-to",
+            &connect_to,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&t, &args)
+    };
+    assert_eq!(
+        mtls("frontend.pem", "frontend.key", &[]),
+        "200",
+        "logs:\n{}",
+        logs()
+    );
+    // Any other identity is refused, and so is the frontend's own
+    // certificate from outside the cluster networks.
+    assert_eq!(mtls("backend.pem", "backend.key", &[]), "403");
+    assert_eq!(
+        mtls(
+            "frontend.pem",
+            "frontend.key",
+            &["--interface", OTHER_CLIENT_IP]
+        ),
+        "403"
     );
 }
