@@ -77,7 +77,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
         let num = |v: String| v.parse::<f64>().map_err(|e| format!("{a} {v}: {e}"));
         match a.as_str() {
             // cargo bench appends --bench; libtest-style filters are ours.
@@ -158,12 +162,21 @@ fn portcullis_bin(opts: &Options) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("load harness: cargo build --release -p portcullis-proxy --bin portcullis");
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "portcullis-proxy", "--bin", "portcullis"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "portcullis-proxy",
+            "--bin",
+            "portcullis",
+        ])
         .current_dir(workspace_root())
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("cargo build --release -p portcullis-proxy failed ({status})"));
+        return Err(format!(
+            "cargo build --release -p portcullis-proxy failed ({status})"
+        ));
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -177,7 +190,10 @@ fn portcullis_bin(opts: &Options) -> Result<PathBuf, String> {
 }
 
 /// Starts the upstream app (this binary, `__upstream`) on the serving core.
-fn start_upstream(pin: Pinning, certs: Option<&certs::Certs>) -> Result<(Proc, SocketAddr, Option<SocketAddr>), String> {
+fn start_upstream(
+    pin: Pinning,
+    certs: Option<&certs::Certs>,
+) -> Result<(Proc, SocketAddr, Option<SocketAddr>), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     let mut args = vec!["__upstream".to_string()];
     if let Some(c) = certs {
@@ -194,7 +210,11 @@ fn start_upstream(pin: Pinning, certs: Option<&certs::Certs>) -> Result<(Proc, S
         .spawn()
         .map_err(|e| format!("starting the upstream: {e}"))?;
     let stdout = child.stdout.take().ok_or("upstream has no stdout")?;
-    let proc = Proc { name: "upstream".into(), child, log: None };
+    let proc = Proc {
+        name: "upstream".into(),
+        child,
+        log: None,
+    };
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
@@ -234,7 +254,11 @@ fn start_iperf3(pin: Pinning, dir: &Path) -> Result<(Proc, SocketAddr), String> 
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting iperf3 -s: {e}"))?;
-    let mut proc = Proc { name: "iperf3 server".into(), child, log: Some(log) };
+    let mut proc = Proc {
+        name: "iperf3 server".into(),
+        child,
+        log: Some(log),
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
         if proc.exited().is_some() || std::time::Instant::now() > deadline {
@@ -266,7 +290,9 @@ fn tool_versions() -> String {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        text.lines().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string())
+        text.lines()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
     };
     [
         ("haproxy", &["-v"][..]),
@@ -279,6 +305,15 @@ fn tool_versions() -> String {
     .map(|(t, a)| format!("{t}: {}", v(t, a).unwrap_or_else(|| "not installed".into())))
     .collect::<Vec<_>>()
     .join("; ")
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
 }
 
 fn now_utc() -> String {
@@ -295,11 +330,21 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
     let nofile = procs::hard_nofile();
     // A proxy holds ~2 descriptors per idle connection; stay under the limit.
     let want_idle = opts.idle_conns.unwrap_or(if smoke { 200 } else { 10_000 });
-    let idle_conns = want_idle.min((nofile.saturating_sub(400) / 2) as u32).max(1);
+    let idle_conns = want_idle
+        .min((nofile.saturating_sub(400) / 2) as u32)
+        .max(1);
     let plan = Plan {
         rounds: opts.rounds.unwrap_or(if smoke { 1 } else { 3 }),
-        duration: Duration::from_secs_f64(opts.duration.unwrap_or(if smoke { 1.0 } else { 10.0 }).max(0.1)),
-        warmup: Duration::from_secs_f64(opts.warmup.unwrap_or(if smoke { 0.0 } else { 2.0 }).max(0.0)),
+        duration: Duration::from_secs_f64(
+            opts.duration
+                .unwrap_or(if smoke { 0.5 } else { 10.0 })
+                .max(0.1),
+        ),
+        warmup: Duration::from_secs_f64(
+            opts.warmup
+                .unwrap_or(if smoke { 0.0 } else { 2.0 })
+                .max(0.0),
+        ),
         smoke,
         idle_conns,
         targets: opts.targets.clone(),
@@ -316,10 +361,15 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
         .filter(|s| opts.scenarios.iter().any(|a| scenarios::selects(a, s.name)))
         .collect();
     if selected.is_empty() {
-        return Err(format!("no scenario matches {:?} (try --list)", opts.scenarios));
+        return Err(format!(
+            "no scenario matches {:?} (try --list)",
+            opts.scenarios
+        ));
     }
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = Pinning { enabled: opts.pin && nproc >= 2 && procs::have("taskset") };
+    let pin = Pinning {
+        enabled: opts.pin && nproc >= 2 && procs::have("taskset"),
+    };
 
     let tmp = tempfile::Builder::new()
         .prefix("portcullis-load-")
@@ -329,13 +379,19 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
     let lua = dir.join("report.lua");
     std::fs::write(&lua, tools::WRK_LUA).map_err(|e| e.to_string())?;
     let certs = certs::generate(&dir);
-    let portcullis = if opts.targets.as_ref().is_some_and(|t| !t.iter().any(|x| x == "portcullis")) {
+    let portcullis = if opts
+        .targets
+        .as_ref()
+        .is_some_and(|t| !t.iter().any(|x| x == "portcullis"))
+    {
         Err("not selected".to_string())
     } else {
         portcullis_bin(&opts)
     };
     let (upstream, upstream_http, upstream_tls) = start_upstream(pin, certs.as_ref().ok())?;
-    let needs_iperf = selected.iter().any(|s| matches!(s.load, scenarios::Load::Iperf));
+    let needs_iperf = selected
+        .iter()
+        .any(|s| matches!(s.load, scenarios::Load::Iperf));
     let iperf = if needs_iperf && procs::have("iperf3") {
         Some(start_iperf3(pin, &dir)?)
     } else {
@@ -368,28 +424,43 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
     }
 
     let plan_desc = format!(
-        "{} round(s) of {:.0} s per target{}",
+        "{} round(s) of {} per target{} (wrk and iperf3 -t take whole seconds, at least 1)",
         plan.rounds,
-        plan.duration.as_secs_f64(),
-        if plan.warmup.is_zero() { String::new() } else { format!(" after a {:.0} s warm-up", plan.warmup.as_secs_f64()) }
+        secs(plan.duration),
+        if plan.warmup.is_zero() {
+            String::new()
+        } else {
+            format!(" after a {} warm-up", secs(plan.warmup))
+        }
     );
     let mut outcomes = Vec::new();
     let mut slot = 0u32;
     for sc in selected {
         eprintln!("load harness: {} ...", sc.name);
         let o = scenarios::run(sc, &ctx, &mut slot);
-        let md = report::table(&o, &if o.scenario.unit == scenarios::Unit::Memory {
-            format!("{} round(s), a fresh process per round", plan.rounds)
-        } else {
-            plan_desc.clone()
-        });
+        let md = report::table(
+            &o,
+            &if o.scenario.unit == scenarios::Unit::Memory {
+                format!("{} round(s), a fresh process per round", plan.rounds)
+            } else {
+                plan_desc.clone()
+            },
+        );
         println!("{md}");
         outcomes.push(o);
     }
     drop(upstream);
     drop(iperf);
 
-    let command = format!("cargo bench --bench load -- {}", raw_args.iter().filter(|a| *a != "--bench").cloned().collect::<Vec<_>>().join(" "));
+    let command = format!(
+        "cargo bench --bench load -- {}",
+        raw_args
+            .iter()
+            .filter(|a| *a != "--bench")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let pinning = if pin.enabled {
         "load generator on CPU 0, upstream and proxy on CPU 1 (taskset)"
     } else {
@@ -440,7 +511,10 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
                 let rel = p
                     .strip_prefix(base)
                     .map_or(p.display().to_string(), |r| r.display().to_string());
-                s.push_str(&format!("\n![{} latency percentiles]({rel})\n", o.scenario.name));
+                s.push_str(&format!(
+                    "\n![{} latency percentiles]({rel})\n",
+                    o.scenario.name
+                ));
             }
             s.push('\n');
         }
@@ -448,12 +522,16 @@ fn run(opts: Options, raw_args: &[String]) -> Result<bool, String> {
         eprintln!("load harness: wrote {}", path.display());
     }
     if let Some(p) = &opts.json {
-        let text = serde_json::to_string_pretty(&report::json(&outcomes)).map_err(|e| e.to_string())?;
+        let text =
+            serde_json::to_string_pretty(&report::json(&outcomes)).map_err(|e| e.to_string())?;
         std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     if opts.keep {
         let kept = tmp.keep();
         eprintln!("load harness: kept {}", kept.display());
     }
-    Ok(!outcomes.iter().flat_map(|o| &o.rows).any(|r| matches!(r.status, Status::Failed(_))))
+    Ok(!outcomes
+        .iter()
+        .flat_map(|o| &o.rows)
+        .any(|r| matches!(r.status, Status::Failed(_))))
 }

@@ -136,7 +136,11 @@ pub fn tree(pid: u32) -> Vec<u32> {
 
 /// CPU time (user + system) of the processes, in microseconds.
 pub fn cpu_us(pids: &[u32]) -> u64 {
-    let ticks: u64 = pids.iter().filter_map(|p| read_stat(*p)).map(|s| s.ticks).sum();
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| read_stat(*p))
+        .map(|s| s.ticks)
+        .sum();
     ticks * 1_000_000 / clk_tck()
 }
 

@@ -81,12 +81,12 @@ fn requests(r: &Row) -> u64 {
     r.samples.iter().map(|s| s.m.requests).sum()
 }
 
-fn thousands(x: f64) -> String {
+pub fn thousands(x: f64) -> String {
     let n = x.round() as i64;
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -236,8 +236,16 @@ pub fn table(o: &Outcome, plan_desc: &str) -> String {
                     range(r, 1.0, 0),
                     us(p50),
                     us(p99),
-                    if r.label == "direct" { "-".into() } else { added(p50, d50) },
-                    if r.label == "direct" { "-".into() } else { added(p99, d99) },
+                    if r.label == "direct" {
+                        "-".into()
+                    } else {
+                        added(p50, d50)
+                    },
+                    if r.label == "direct" {
+                        "-".into()
+                    } else {
+                        added(p99, d99)
+                    },
                     cpu_per(r, |s| s.m.requests as f64).map_or("-".into(), |c| format!("{c:.1}")),
                     mib(peak_kb(r).map(|k| k as f64)),
                     errors(r),
@@ -381,7 +389,7 @@ pub fn chart(o: &Outcome, path: &Path) -> Result<bool, String> {
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
-        .x_desc("percentile")
+        .x_desc("percentile (points at 50, 75, 90, 99, 99.9, 99.99)")
         .y_desc("latency (µs, log scale)")
         .x_labels(5)
         .x_label_formatter(&|x| match x.round() as i64 {
@@ -401,7 +409,9 @@ pub fn chart(o: &Outcome, path: &Path) -> Result<bool, String> {
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|x| e(&x))?
             .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(|x| e(&x))?;
@@ -423,7 +433,11 @@ pub fn write_results(path: &Path, section: &str) -> Result<(), String> {
     let block = format!("{BEGIN}\n{section}\n{END}\n");
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => {
-            format!("{}{block}{}", &old[..b], old[e + END.len()..].trim_start_matches('\n'))
+            format!(
+                "{}{block}{}",
+                &old[..b],
+                old[e + END.len()..].trim_start_matches('\n')
+            )
         }
         _ => format!("{}\n\n{block}", old.trim_end()),
     };

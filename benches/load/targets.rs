@@ -112,7 +112,9 @@ impl Running {
     /// The processes whose CPU and memory count as the proxy's (none for
     /// direct).
     pub fn pids(&self) -> Vec<u32> {
-        self.proc.as_ref().map_or(Vec::new(), |p| procs::tree(p.pid()))
+        self.proc
+            .as_ref()
+            .map_or(Vec::new(), |p| procs::tree(p.pid()))
     }
 
     pub fn stop(&mut self) {
@@ -143,9 +145,7 @@ pub fn start(spec: &Spec, env: &Env, slot: &str) -> Result<Running, String> {
     match spec.kind {
         Kind::Direct => {
             let addr = match spec.proto {
-                Proto::Mtls => env
-                    .upstream_tls
-                    .ok_or("the upstream has no TLS listener")?,
+                Proto::Mtls => env.upstream_tls.ok_or("the upstream has no TLS listener")?,
                 _ => backend,
             };
             Ok(Running {
@@ -193,11 +193,13 @@ fn wait_ready(proc: &mut Proc, addr: SocketAddr, timeout: Duration) -> Result<()
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = proc.exited() {
-            return Err(format!(
-                "{} exited ({status}): {}",
-                proc.name,
-                proc.log_tail()
-            ));
+            let tail = proc.log_tail();
+            let tail = if tail.is_empty() {
+                "no output".to_string()
+            } else {
+                tail
+            };
+            return Err(format!("{} exited ({status}): {tail}", proc.name));
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return Ok(());
@@ -671,7 +673,9 @@ fn start_nginx(spec: &Spec, env: &Env, backend: SocketAddr, slot: &str) -> Resul
                 || String::from_utf8_lossy(&o.stderr).contains("--with-stream\n")
         });
         if !built_in {
-            return Err("skipped: nginx stream module is not installed (libnginx-mod-stream)".into());
+            return Err(
+                "skipped: nginx stream module is not installed (libnginx-mod-stream)".into(),
+            );
         }
     }
     let listen = free_port()?;
@@ -693,10 +697,7 @@ fn start_nginx(spec: &Spec, env: &Env, backend: SocketAddr, slot: &str) -> Resul
     let ready = wait_ready(&mut proc, listen, Duration::from_secs(10));
     if let Err(e) = ready {
         let errlog = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        return Err(format!(
-            "{e} {}",
-            crate::tools::last_lines(&errlog, 3)
-        ));
+        return Err(format!("{e} {}", crate::tools::last_lines(&errlog, 3)));
     }
     if spec.proto == Proto::Http1 {
         probe_http(listen, "nginx")?;

@@ -112,8 +112,13 @@ pub fn parse_wrk(stdout: &str) -> Option<Measure> {
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let requests = v.get("requests")?.as_u64()?;
     let elapsed_s = v.get("duration_us")?.as_u64()? as f64 / 1e6;
-    let (connect, read, write, status, timeout) =
-        (n("connect"), n("read"), n("write"), n("status"), n("timeout"));
+    let (connect, read, write, status, timeout) = (
+        n("connect"),
+        n("read"),
+        n("write"),
+        n("status"),
+        n("timeout"),
+    );
     let errors = connect + read + write + status + timeout;
     let first_error = (errors > 0).then(|| {
         format!("connect {connect}, read {read}, write {write}, non-2xx/3xx {status}, timeout {timeout}")
@@ -171,7 +176,9 @@ pub fn h2load(
 
 pub fn parse_h2load(stdout: &str) -> Option<Measure> {
     // finished in 1.00s, 51234.00 req/s, 5.00MB/s
-    let fin = stdout.lines().find_map(|l| l.trim().strip_prefix("finished in "))?;
+    let fin = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("finished in "))?;
     let mut parts = fin.split(',').map(str::trim);
     let elapsed = parts.next()?;
     let elapsed_s = if let Some(ms) = elapsed.strip_suffix("ms") {
@@ -181,7 +188,9 @@ pub fn parse_h2load(stdout: &str) -> Option<Measure> {
     };
     let throughput: f64 = parts.next()?.strip_suffix(" req/s")?.parse().ok()?;
     // requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout
-    let req = stdout.lines().find_map(|l| l.trim().strip_prefix("requests: "))?;
+    let req = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("requests: "))?;
     let field = |name: &str| -> Option<u64> {
         req.split(',')
             .map(str::trim)

@@ -36,12 +36,14 @@ async fn answer(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
 pub fn main(args: &[String]) -> Result<(), String> {
     let tls = match args {
         [] => None,
-        [flag, ca, cert, key] if flag == "--tls" => Some((
-            PathBuf::from(ca),
-            PathBuf::from(cert),
-            PathBuf::from(key),
-        )),
-        _ => return Err(format!("usage: __upstream [--tls CA CERT KEY], got {args:?}")),
+        [flag, ca, cert, key] if flag == "--tls" => {
+            Some((PathBuf::from(ca), PathBuf::from(cert), PathBuf::from(key)))
+        }
+        _ => {
+            return Err(format!(
+                "usage: __upstream [--tls CA CERT KEY], got {args:?}"
+            ))
+        }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,171 @@
+//! CI smoke run of the load harness (benches/load): every scenario, one
+//! short round, so the harness cannot rot between the manual full runs.
+//! It asserts only that every target answered — completed requests (or
+//! bytes, or held connections), zero errors — never a number.
+//!
+//! Targets whose tool is not installed (HAProxy, nginx, wrk, h2load, iperf3;
+//! `benches/setup.sh` installs them, and .ci/run calls it) are reported as
+//! skipped by the harness and not asserted; every other row must be "ok".
+//! Portcullis runs from the debug build of the real binary with a policy
+//! that must be evaluated (see benches/load/targets.rs).
+//!
+//! Must not: take more than a minute (asserted), or write into the
+//! repository (results, charts and JSON go to a temp dir).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `load` bench executable for the profile this test was built with:
+/// `cargo bench --profile dev` builds the same artifact as
+/// `cargo test --all-targets`, so this is normally a no-op.
+fn bench_exe() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let exe = std::env::current_exe().expect("current exe");
+    let release = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "release");
+    let out = Command::new(cargo)
+        .args([
+            "bench",
+            "--profile",
+            if release { "release" } else { "dev" },
+            "-p",
+            "portcullis-e2e",
+            "--bench",
+            "load",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo bench --no-run");
+    assert!(out.status.success(), "building the load bench failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "load")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported no executable for the load bench")
+}
+
+#[test]
+fn every_target_answers_in_a_smoke_run() {
+    let exe = bench_exe();
+    let portcullis = e2e::bin("portcullis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("smoke.json");
+    let results = dir.path().join("RESULTS.md");
+    let svg = dir.path().join("svg");
+
+    let started = Instant::now();
+    let mut child = Command::new(&exe)
+        .arg("all")
+        .arg("--smoke")
+        .args(["--rounds", "1", "--duration", "0.5"])
+        .arg("--portcullis-bin")
+        .arg(&portcullis)
+        .arg("--json")
+        .arg(&json)
+        .arg("--results")
+        .arg(&results)
+        .arg("--svg-dir")
+        .arg(&svg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the load harness");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    // Bounded: a hung harness fails the test instead of hanging CI.
+    let deadline = started + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the smoke run did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed();
+    let tables = reader.join().unwrap_or_default();
+    println!("{tables}");
+
+    let text = std::fs::read_to_string(&json).expect("the harness wrote its JSON summary");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("JSON summary parses");
+    assert!(
+        rows.len() >= 40,
+        "expected every scenario's rows, got {}",
+        rows.len()
+    );
+
+    let mut problems = Vec::new();
+    let mut answered = std::collections::BTreeSet::new();
+    for r in &rows {
+        let name = format!("{} / {}", r["scenario"], r["target"]);
+        match r["status"].as_str() {
+            Some("ok") => {}
+            Some("skipped") => {
+                let why = r["reason"].as_str().unwrap_or("");
+                // Only a missing external tool excuses a row.
+                if !why.contains("not installed") {
+                    problems.push(format!("{name}: skipped: {why}"));
+                }
+                continue;
+            }
+            other => {
+                problems.push(format!("{name}: {other:?}: {}", r["reason"]));
+                continue;
+            }
+        }
+        if r["requests"].as_u64().unwrap_or(0) == 0 {
+            problems.push(format!("{name}: no request completed"));
+        }
+        if r["errors"].as_u64() != Some(0) {
+            problems.push(format!(
+                "{name}: {} errors ({})",
+                r["errors"], r["first_error"]
+            ));
+        }
+        if let Some(k) = r["kind"].as_str() {
+            answered.insert(k.to_string());
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "smoke run problems:\n{}",
+        problems.join("\n")
+    );
+    assert!(status.success(), "the harness exited with {status}");
+    // Direct and Portcullis need no external proxy: they always run.
+    for k in ["direct", "portcullis"] {
+        assert!(answered.contains(k), "{k} answered in no scenario");
+    }
+
+    let md = std::fs::read_to_string(&results).expect("RESULTS.md written");
+    assert!(md.contains("## Load benchmarks") && md.contains("| direct |"));
+    let charts: Vec<_> = std::fs::read_dir(&svg)
+        .expect("svg dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .collect();
+    assert!(!charts.is_empty(), "no latency chart was drawn");
+    let first = std::fs::read_to_string(charts[0].path()).expect("read svg");
+    assert!(first.contains("<svg") && first.contains("direct"));
+
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "the smoke run took {elapsed:?} (must stay under a minute)"
+    );
+}
