@@ -13,9 +13,18 @@
 //! ```
 
 pub mod authorize;
+pub mod compile;
+pub mod load;
 pub mod model;
+pub mod resources;
+pub mod selector;
 pub mod table;
+pub mod validate;
 
-pub use authorize::{authorize, authorize_request, Authorizer, Denied, DenyReason, Permit};
+pub use authorize::{
+    authorize, authorize_request, Authorizer, Denied, DenyReason, MatchProblem, Permit,
+};
+pub use compile::{compile, CompileError, Compiled};
 pub use model::*;
+pub use resources::{ResourceError, ResourceErrors, Resources};
 pub use table::{PolicyTable, Snapshot};

@@ -5,9 +5,19 @@
 //! bumps a generation on a `watch` channel so that live connections re-check
 //! their authorization (revocation). A snapshot that fails to build is never
 //! published: the last good one stays in force (fail closed, never open).
+//!
+//! Callers: the proxy (every connection and request reads `get`), the file and
+//! controller policy sources (`publish`), the admin server (`to_json`).
+//!
+//! Ports without a policy of their own use the fallback. Building a fallback
+//! [`Authorizer`] costs allocations and an index build, so a snapshot keeps a
+//! small direct-mapped cache of them keyed by port. The cache lives inside the
+//! snapshot and dies with it, so a publish can never serve a stale fallback;
+//! slots fill once (`OnceLock`) and are read without locks. A port whose slot
+//! another port took gets a freshly built authorizer (correct, just slower).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -17,6 +27,10 @@ use crate::authorize::Authorizer;
 use crate::model::{PolicyConfig, PortPolicy, Protocol, WorkloadPolicy};
 
 /// A complete, immutable view of the policy for every port.
+///
+/// Build it with the constructors; its fields are public for reading. Do not
+/// change `fallback` after construction: cached fallback authorizers were
+/// built from it.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Ports with a policy of their own.
@@ -25,6 +39,25 @@ pub struct Snapshot {
     pub fallback: WorkloadPolicy,
     /// Where the policy came from, for `/policy` and logs (e.g. the file path).
     pub source: String,
+    /// Built fallback authorizers; shared by copies made with `with_port`,
+    /// which keep the same `fallback`.
+    fallback_cache: Arc<FallbackCache>,
+}
+
+/// Slots for fallback authorizers, indexed by `port % FALLBACK_SLOTS`.
+const FALLBACK_SLOTS: usize = 64;
+
+#[derive(Debug)]
+struct FallbackCache {
+    slots: [OnceLock<Arc<Authorizer>>; FALLBACK_SLOTS],
+}
+
+impl FallbackCache {
+    fn new() -> Arc<Self> {
+        Arc::new(FallbackCache {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
 }
 
 impl Snapshot {
@@ -40,6 +73,7 @@ impl Snapshot {
                 cluster_networks: config.cluster_networks.clone(),
             },
             source: source.into(),
+            fallback_cache: FallbackCache::new(),
         }
     }
 
@@ -58,6 +92,7 @@ impl Snapshot {
             ports,
             fallback,
             source: source.into(),
+            fallback_cache: FallbackCache::new(),
         }
     }
 
@@ -70,10 +105,24 @@ impl Snapshot {
 
     /// The policy for `port`: its own, or the fallback.
     pub fn get(&self, port: u16) -> Arc<Authorizer> {
-        match self.ports.get(&port) {
-            Some(a) => a.clone(),
-            None => Arc::new(self.fallback.port(port).into()),
+        if let Some(a) = self.ports.get(&port) {
+            return a.clone();
         }
+        let slot = self
+            .fallback_cache
+            .slots
+            .get(usize::from(port) % FALLBACK_SLOTS);
+        if let Some(cached) = slot.and_then(|s| s.get()) {
+            if cached.port == port {
+                return cached.clone();
+            }
+        }
+        let built = Arc::new(Authorizer::from(self.fallback.port(port)));
+        if let Some(slot) = slot {
+            // First port to reach an empty slot keeps it; losing a race is fine.
+            let _ = slot.set(built.clone());
+        }
+        built
     }
 
     /// The protocol for `port` without building a fallback policy.
@@ -147,5 +196,44 @@ impl PolicyTable {
     /// A receiver that changes on every publish.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DefaultPolicy, Meta};
+
+    #[test]
+    fn fallback_authorizers_carry_their_port_and_are_cached() {
+        let snap = Snapshot::from_config(&PolicyConfig::default(), "test");
+        let a = snap.get(9000);
+        assert_eq!(a.port, 9000);
+        assert_eq!(a.protocol, Protocol::Detect);
+        assert!(Arc::ptr_eq(&a, &snap.get(9000)), "second get is cached");
+        // Same slot, other port: still the right port, never the cached one.
+        let b = snap.get(9000 + FALLBACK_SLOTS as u16);
+        assert_eq!(b.port, 9000 + FALLBACK_SLOTS as u16);
+        let mysql = snap.get(3306);
+        assert_eq!((mysql.port, mysql.protocol), (3306, Protocol::Opaque));
+        // Copies for per-port updates keep the cache and override the port.
+        let mut policy = PolicyConfig::default().fallback_port(9000);
+        policy.server = Meta::policy("server", "web");
+        let next = snap.with_port(policy);
+        assert_eq!(next.get(9000).server, Meta::policy("server", "web"));
+        assert!(Arc::ptr_eq(&mysql, &next.get(3306)));
+    }
+
+    #[test]
+    fn a_published_snapshot_does_not_serve_the_old_fallback() {
+        let table = PolicyTable::new(Snapshot::from_config(&PolicyConfig::default(), "a"));
+        assert_eq!(table.get(7000).server, Meta::default("all-unauthenticated"));
+        let deny = PolicyConfig {
+            default_policy: DefaultPolicy::Deny,
+            ..PolicyConfig::default()
+        };
+        table.publish(Snapshot::from_config(&deny, "b"));
+        assert_eq!(table.generation(), 1);
+        assert_eq!(table.get(7000).server, Meta::default("deny"));
     }
 }
