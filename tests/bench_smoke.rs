@@ -11,8 +11,25 @@
 //!
 //! Must not: take more than a minute (asserted), or write into the
 //! repository (results, charts and JSON go to a temp dir).
+//!
+//! A second test checks the policy file the harness gives Portcullis with
+//! the policy crate itself: it loads, compiles for `bench/app`, allows the
+//! bench client through the last of N authorizations and denies others, so
+//! the benchmark measures real enforcement.
 
 use std::io::Read;
+use std::net::IpAddr;
+
+use portcullis_policy::{
+    authorize, compile, Authorizer, Client, ClientIdentity, ClientTls, DefaultPolicy, PolicyConfig,
+    Protocol, Resources,
+};
+
+// The harness's policy generator, checked here against the policy crate.
+// `write_policy` is used by the harness only.
+#[allow(dead_code)]
+#[path = "../benches/load/policy.rs"]
+mod policy;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -167,5 +184,86 @@ fn every_target_answers_in_a_smoke_run() {
     assert!(
         elapsed < Duration::from_secs(60),
         "the smoke run took {elapsed:?} (must stay under a minute)"
+    );
+}
+
+const CLIENT: &str = "client.bench.serviceaccount.identity.linkerd.cluster.local";
+const APP_PORT: u16 = 18080;
+
+fn port_policy(traffic: policy::Traffic, n: usize, generation: u32) -> Authorizer {
+    let yaml = policy::policy_yaml(APP_PORT, traffic, n, generation);
+    let res = Resources::from_yaml(&yaml, "bench-policy.yaml")
+        .unwrap_or_else(|e| panic!("generated policy ({n} authorizations) does not load: {e}"));
+    let config = PolicyConfig {
+        default_policy: DefaultPolicy::Deny,
+        ..PolicyConfig::default()
+    };
+    let problems = res.check(&config);
+    assert!(problems.is_empty(), "validation problems: {problems:?}");
+    let compiled = compile(&res, "bench/app", &config).expect("compiles for bench/app");
+    let port = compiled
+        .policy
+        .ports
+        .get(&APP_PORT)
+        .unwrap_or_else(|| panic!("no policy for port {APP_PORT}"))
+        .clone();
+    assert_eq!(
+        port.server.name(),
+        "bench-server",
+        "the Server selects the port"
+    );
+    assert_eq!(port.authorizations.len(), n);
+    let want = if traffic == policy::Traffic::Opaque {
+        Protocol::Opaque
+    } else {
+        Protocol::Detect
+    };
+    assert_eq!(port.protocol, want);
+    Authorizer::from(port)
+}
+
+fn plain(ip: &str) -> Client {
+    Client {
+        addr: ip.parse::<IpAddr>().expect("ip"),
+        tls: ClientTls::None,
+    }
+}
+
+#[test]
+fn harness_policy_is_enforced_as_intended() {
+    for traffic in [policy::Traffic::Plain, policy::Traffic::Opaque] {
+        for n in [1, 10, 10_000] {
+            let authz = port_policy(traffic, n, 3);
+            let permit = authorize(&authz, &plain("127.0.0.1"))
+                .unwrap_or_else(|d| panic!("{traffic:?} x{n}: loopback denied: {d:?}"));
+            assert_eq!(permit.authorization.name(), "zz-bench-allow");
+            // Decoys must not let anyone else in (addresses are data here).
+            assert!(authorize(&authz, &plain("192.0.2.7")).is_err());
+        }
+    }
+    let config = PolicyConfig::default();
+    let authz = port_policy(policy::Traffic::MeshTls(CLIENT), 10, 0);
+    let meshed = |id: Option<&str>| Client {
+        addr: "127.0.0.1".parse().expect("ip"),
+        tls: ClientTls::Mesh {
+            identity: id.map(|i| ClientIdentity::new(i, &config)),
+        },
+    };
+    let permit = authorize(&authz, &meshed(Some(CLIENT))).expect("bench identity allowed");
+    assert_eq!(permit.authorization.name(), "zz-bench-allow");
+    assert!(authorize(&authz, &meshed(None)).is_err());
+    assert!(authorize(&authz, &plain("127.0.0.1")).is_err());
+    assert!(authorize(
+        &authz,
+        &meshed(Some(
+            "other.bench.serviceaccount.identity.linkerd.cluster.local"
+        ))
+    )
+    .is_err());
+
+    // A rewrite changes the policy (so the proxy has something to apply).
+    assert_ne!(
+        policy::policy_yaml(APP_PORT, policy::Traffic::Plain, 10, 1),
+        policy::policy_yaml(APP_PORT, policy::Traffic::Plain, 10, 2)
     );
 }

@@ -22,6 +22,7 @@
 
 mod certs;
 mod client;
+mod policy;
 mod procs;
 mod report;
 mod scenarios;

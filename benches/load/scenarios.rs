@@ -433,7 +433,7 @@ impl Rewriter {
             let mut generation = 1u32;
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                let yaml = targets::policy_yaml(port, proto, authz, generation);
+                let yaml = targets::policy_yaml(port, targets::traffic(proto), authz, generation);
                 if targets::write_policy(&path, &yaml).is_ok() {
                     c.fetch_add(1, Ordering::Relaxed);
                 }

@@ -11,7 +11,6 @@
 //! goes on. Must not: fall back to a default-allow policy, or let a proxy
 //! outlive the run (`Proc` stops it on drop). Called by `scenarios.rs`.
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::certs::{Certs, CLIENT_ID};
+pub use crate::policy::{policy_yaml, write_policy, Traffic};
 use crate::procs::{self, Core, Pinning, Proc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,124 +259,13 @@ fn probe_http(addr: SocketAddr, name: &str) -> Result<(), String> {
 
 // ---------------------------------------------------------------- portcullis
 
-/// The resource file Portcullis enforces: the bench pod, a Server selecting
-/// its port (so the default policy never applies), `authorizations - 1`
-/// decoy ServerAuthorizations that do not match the bench client (half by
-/// network, half by identity; their CIDRs are policy data only, never
-/// traffic targets), and finally the one that allows it. `generation`
-/// changes one decoy so a rewrite is a real policy change.
-pub fn policy_yaml(app_port: u16, proto: Proto, authorizations: usize, generation: u32) -> String {
-    let protocol = if proto == Proto::Tcp {
-        "opaque"
-    } else {
-        "unknown"
-    };
-    let mut y = format!(
-        "apiVersion: v1
-kind: Namespace
-metadata:
-  name: bench
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: app
-  namespace: bench
-  labels:
-    app: bench-app
-spec:
-  serviceAccountName: app
-  containers:
-  - name: app
-    ports:
-    - name: app
-      containerPort: {app_port}
----
-apiVersion: policy.linkerd.io/v1beta1
-kind: Server
-metadata:
-  name: bench-server
-  namespace: bench
-spec:
-  podSelector:
-    matchLabels:
-      app: bench-app
-  port: {app_port}
-  proxyProtocol: {protocol}
-"
-    );
-    for i in 1..authorizations {
-        let client = if i % 2 == 1 {
-            let g = if i == 1 { generation % 250 } else { 0 };
-            format!(
-                "    unauthenticated: true
-    networks:
-    - cidr: 10.{}.{}.{}/32
-",
-                (i >> 16) & 0xff,
-                (i >> 8) & 0xff,
-                (i & 0xff) ^ g as usize
-            )
-        } else {
-            format!(
-                "    meshTLS:
-      identities:
-      - decoy-{i}.bench.serviceaccount.identity.linkerd.cluster.local
-"
-            )
-        };
-        let _ = write!(
-            y,
-            "---
-apiVersion: policy.linkerd.io/v1beta1
-kind: ServerAuthorization
-metadata:
-  name: decoy-{i:05}
-  namespace: bench
-spec:
-  server:
-    name: bench-server
-  client:
-{client}"
-        );
+/// How the policy must let the bench client in for this protocol.
+pub fn traffic(proto: Proto) -> Traffic {
+    match proto {
+        Proto::Tcp => Traffic::Opaque,
+        Proto::Mtls => Traffic::MeshTls(CLIENT_ID),
+        Proto::Http1 | Proto::H2c => Traffic::Plain,
     }
-    let allow = if proto == Proto::Mtls {
-        format!(
-            "    meshTLS:
-      identities:
-      - {CLIENT_ID}
-"
-        )
-    } else {
-        "    unauthenticated: true
-    networks:
-    - cidr: 127.0.0.0/8
-"
-        .to_string()
-    };
-    let _ = write!(
-        y,
-        "---
-apiVersion: policy.linkerd.io/v1beta1
-kind: ServerAuthorization
-metadata:
-  name: zz-bench-allow
-  namespace: bench
-spec:
-  server:
-    name: bench-server
-  client:
-{allow}"
-    );
-    y
-}
-
-/// Writes the policy through a temporary file and a rename, as Kubernetes
-/// updates mounted ConfigMaps: a reader never sees half a file.
-pub fn write_policy(path: &Path, yaml: &str) -> Result<(), String> {
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, yaml).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn start_portcullis(
@@ -391,7 +280,7 @@ fn start_portcullis(
     let policy = env.dir.join(format!("policy-{slot}.yaml"));
     write_policy(
         &policy,
-        &policy_yaml(backend.port(), spec.proto, spec.authorizations, 0),
+        &policy_yaml(backend.port(), traffic(spec.proto), spec.authorizations, 0),
     )?;
     let mut args = vec![
         "--map".to_string(),
