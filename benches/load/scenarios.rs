@@ -159,7 +159,7 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
     prw.rewrite = true;
     policy.extend([p10, p10k, prw]);
 
-    let n = plan.idle_conns;
+    let n = crate::report::thousands(f64::from(plan.idle_conns));
     vec![
         s("http1-keepalive-c32", "HTTP/1.1 keep-alive, wrk -t1 -c32", Unit::RequestsPerSec,
           Load::Wrk { connections: 32, close: false }, peers(Proto::Http1), "haproxy"),
@@ -347,7 +347,12 @@ pub fn run(sc: Scenario, ctx: &Ctx, slot: &mut u32) -> Outcome {
                     hwm_kb,
                     mem: None,
                 }),
-                Err(e) => row.status = Status::Failed(e),
+                Err(e) => {
+                    // Stop measuring it (dropping stops the process); the
+                    // other targets go on.
+                    row.status = Status::Failed(e);
+                    *target = None;
+                }
             }
         }
     }

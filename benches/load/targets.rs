@@ -470,7 +470,9 @@ pub fn nginx_conf(
     listen: SocketAddr,
     backend: SocketAddr,
 ) -> String {
-    let conns = (env.nofile.saturating_sub(200) / 2).clamp(256, 200_000);
+    // worker_connections counts client and upstream connections alike; the
+    // descriptor limit is the real bound.
+    let conns = env.nofile.saturating_sub(100).clamp(256, 200_000);
     let d = dir.display();
     let head = format!(
         "daemon off;
