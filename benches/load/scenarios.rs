@@ -159,7 +159,8 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
     prw.rewrite = true;
     policy.extend([p10, p10k, prw]);
 
-    let n = crate::report::thousands(f64::from(plan.idle_conns));
+    let conns = plan.idle_conns;
+    let n = crate::report::thousands(f64::from(conns));
     vec![
         s("http1-keepalive-c32", "HTTP/1.1 keep-alive, wrk -t1 -c32", Unit::RequestsPerSec,
           Load::Wrk { connections: 32, close: false }, peers(Proto::Http1), "haproxy"),
@@ -180,9 +181,9 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
           Unit::RequestsPerSec, Load::Client { mode: "keepalive", connections: 32, rate: None },
           peers(Proto::Mtls), "haproxy"),
         s("memory-plain", &format!("RSS idle, with {n} idle HTTP/1.1 keep-alive connections, and after they close"),
-          Unit::Memory, Load::Idle { connections: n }, peers(Proto::Http1), "haproxy"),
+          Unit::Memory, Load::Idle { connections: conns }, peers(Proto::Http1), "haproxy"),
         s("memory-mtls", &format!("RSS idle, with {n} idle mTLS keep-alive connections, and after they close"),
-          Unit::Memory, Load::Idle { connections: n }, peers(Proto::Mtls), "haproxy"),
+          Unit::Memory, Load::Idle { connections: conns }, peers(Proto::Mtls), "haproxy"),
         s("latency-fixed-rate", "HTTP/1.1 at a fixed 1,000 requests/s over 16 connections (latency from scheduled send time)",
           Unit::FixedRate, Load::Client { mode: "keepalive", connections: 16, rate: Some(1000) },
           peers(Proto::Http1), "haproxy"),
