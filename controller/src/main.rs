@@ -1,1 +1,5 @@
-fn main() {}
+//! The `portcullis-controller` binary: everything is in the library (`cli`).
+
+fn main() -> std::process::ExitCode {
+    portcullis_controller::cli::main()
+}

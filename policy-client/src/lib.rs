@@ -13,9 +13,11 @@
 //! ```
 
 pub mod authorize;
+pub mod client;
 pub mod compile;
 pub mod load;
 pub mod model;
+pub mod proto;
 pub mod resources;
 pub mod selector;
 pub mod table;

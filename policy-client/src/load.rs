@@ -301,7 +301,8 @@ fn raw_id(kind: &str, map: &Mapping, namespaced: bool) -> String {
 }
 
 /// Reads `metadata` at `at`; `strict`: unknown fields are errors (policy
-/// resources; Kubernetes' own objects keep their lenient reading).
+/// resources; Kubernetes' own objects keep their lenient reading). Name and
+/// namespace must be valid Kubernetes names for every kind.
 fn read_meta(
     ctx: &Ctx<'_>,
     id: &str,
@@ -340,7 +341,9 @@ fn read_meta(
         .namespace
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| "default".to_string());
-    if strict {
+    // Names are checked for every kind: `--workload NAMESPACE/POD` and
+    // error messages rely on them (Kubernetes enforces the same).
+    {
         if !name.is_empty() && !is_dns_subdomain(&name) {
             errors.push(ctx.error(
                 id.clone(),

@@ -1,1 +1,185 @@
+//! Portcullis, the data plane: an inbound sidecar proxy that enforces
+//! Linkerd-style authorization policy in front of an application.
+//!
+//! # Layout
+//!
+//! One file per stage of a connection, and one that calls them in order:
+//!
+//! ```text
+//!            accept.rs         detect.rs          [tls.rs]       detect.rs
+//! client ──► listener ──────► TLS ClientHello? ─► terminate ───► HTTP/2? HTTP/1?
+//!            orig dst / --map  (SNI; else pass     mesh TLS,        │
+//!                              through as TCP)     identity)       │
+//!                                                                   ▼
+//!            authz.rs ◄── PolicyTable (source.rs writes, revocation reads)
+//!              │ TCP: once + on every policy update   HTTP: every request
+//!              ▼                                       ▼
+//!            forward.rs: byte copy ──────► app     http.rs: hyper server ─► pooled client ─► app
+//!
+//! inbound.rs   follows one connection through the stages above, top to bottom
+//! config.rs    flags (PORTCULLIS_* env), validation
+//! metrics.rs   Prometheus series (Linkerd's names and labels)
+//! admin.rs     /metrics /ready /live /policy /config
+//! source.rs    policy sources: none, --policy-file (reloaded)
+//! ```
+//!
+//! [`run`] wires them: it starts the policy source, the revocation task, the
+//! admin server and the listeners, then waits for SIGTERM and drains.
 
+pub mod accept;
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod detect;
+pub mod forward;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod source;
+
+use std::sync::Arc;
+
+use portcullis_policy::{PolicyTable, Snapshot};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::accept::{Listener, ListenerKind};
+use crate::authz::Enforcer;
+use crate::config::{Config, LogFormat};
+use crate::http::{HttpServer, Upstreams};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+
+/// Logs through `tracing`, filtered by `PORTCULLIS_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colors only for a terminal; log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second init (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the proxy until SIGTERM (or SIGINT), then drains for up to
+/// `--shutdown-grace` and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting portcullis {}", env!("CARGO_PKG_VERSION"));
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let table = Arc::new(PolicyTable::new(Snapshot::from_config(
+        &config.policy,
+        "default policy (no policy source)",
+    )));
+
+    // Policy first: connections are decided against it from the start.
+    let ready = source::start(&config, table.clone(), metrics.clone());
+    let enforcer = Enforcer::new(table.clone(), metrics.clone());
+    tokio::spawn(enforcer.clone().revoke_on_update());
+
+    // Admin before listeners, so probes answer from the start.
+    let admin_listener = admin::bind(config.admin_addr).await?;
+    info!(addr = %admin_listener.local_addr().unwrap_or(config.admin_addr), "admin server listening");
+    let stop_admin = CancellationToken::new();
+    tokio::spawn(
+        Arc::new(admin::Admin {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            table: table.clone(),
+            ready: ready.subscribe(),
+        })
+        .serve(admin_listener, stop_admin.clone()),
+    );
+
+    let mut listeners = vec![Listener::bind(config.inbound_addr, ListenerKind::Inbound).await?];
+    for m in &config.maps {
+        listeners.push(Listener::bind(m.listen, ListenerKind::Mapped { port: m.port }).await?);
+    }
+
+    let inbound = Arc::new(Inbound {
+        config: config.clone(),
+        enforcer,
+        metrics: metrics.clone(),
+        http: HttpServer::new(&config.http),
+        upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
+        drain: CancellationToken::new(),
+        stop: CancellationToken::new(),
+    });
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let connections = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let mut accept_loops = Vec::new();
+    for l in listeners {
+        match l.kind {
+            ListenerKind::Inbound => {
+                info!(addr = %l.local, "inbound listener (original destination)")
+            }
+            ListenerKind::Mapped { port } => info!(addr = %l.local, port, "mapped listener"),
+        }
+        let inbound = inbound.clone();
+        let connections = connections.clone();
+        accept_loops.push(tokio::spawn(l.run(
+            slots.clone(),
+            metrics.clone(),
+            stop_accepting.clone(),
+            move |conn| {
+                connections.spawn(inbound.clone().serve(conn));
+            },
+        )));
+    }
+
+    shutdown_signal().await;
+
+    // Stop accepting (listeners close), tell HTTP connections to finish
+    // their requests and close, and wait up to the grace period.
+    info!(grace = %humantime::format_duration(config.shutdown_grace), "shutting down: draining connections");
+    ready.send_replace(false);
+    stop_accepting.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    inbound.drain.cancel();
+    connections.close();
+    if tokio::time::timeout(config.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            remaining = connections.len(),
+            "shutdown grace expired; closing remaining connections"
+        );
+        inbound.stop.cancel();
+        // Give the closes a moment to reach the sockets.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
+    }
+    stop_admin.cancel();
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("received SIGTERM"),
+                _ = int.recv() => info!("received SIGINT"),
+            }
+        }
+        _ => {
+            // Without signal handlers, only Ctrl-C can stop us.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -67,3 +67,228 @@ pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
     }
     false
 }
+
+/// A running `portcullis` process, killed when dropped. Its stderr (the
+/// logs) goes to a file so tests can assert on what it logged.
+pub struct Proxy {
+    child: std::process::Child,
+    /// The admin server (`--admin-addr`).
+    pub admin: SocketAddr,
+    /// The inbound listener (`--inbound-addr`).
+    pub inbound: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `portcullis` with `args` plus free `--admin-addr` and
+    /// `--inbound-addr` (unless given), and waits until `/live` answers.
+    /// `PORTCULLIS_*` variables of the test environment are not inherited.
+    pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        let admin = free_addr();
+        let inbound = free_addr();
+        let mut all = args.clone();
+        if !has("--admin-addr") {
+            all.extend(["--admin-addr".into(), admin.to_string()]);
+        }
+        if !has("--inbound-addr") {
+            all.extend(["--inbound-addr".into(), inbound.to_string()]);
+        }
+        let admin = flag_value(&all, "--admin-addr").unwrap_or(admin);
+        let inbound = flag_value(&all, "--inbound-addr").unwrap_or(inbound);
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "portcullis-test-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = std::process::Command::new(bin("portcullis"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PORTCULLIS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(&all)
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("spawn portcullis");
+        let mut proxy = Proxy {
+            child,
+            admin,
+            inbound,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("portcullis exited at startup ({status}):\n{}", proxy.logs());
+            }
+            if proxy.try_get("/live").is_some_and(|(s, _)| s == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis did not start:\n{}",
+                proxy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// Waits until `/ready` is 200.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.try_get("/ready").is_some_and(|(s, _)| s == 200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// `GET path` on the admin server: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("admin GET {path} failed:\n{}", self.logs()))
+    }
+
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let status = raw.split(' ').nth(1)?.parse().ok()?;
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// The sum of every series of `name` whose labels include all of
+    /// `labels` (0 when none matches).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// Polls until `metric(name, labels) >= at_least`.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        timeout: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name, labels);
+            if v >= at_least || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the logs until one line contains every needle.
+    pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .logs()
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- portcullis logs ---\n{}", self.logs());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<SocketAddr> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// Sums the series of `name` in Prometheus text whose labels include all of
+/// `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                let pat = format!("{k}=\"{v}\"");
+                rest.starts_with(&pat) || rest.contains(&format!(",{pat}"))
+            });
+            if !all {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}

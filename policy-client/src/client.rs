@@ -1,0 +1,779 @@
+//! The stream client: watches Linkerd's inbound policy API for every port of
+//! this workload and publishes what arrives into the [`PolicyTable`].
+//!
+//! Called by the proxy when it runs with `--policy-controller URL --workload
+//! NS/POD`: [`PolicyClient::spawn`] at startup with `--inbound-ports`, then
+//! [`PolicyClient::wait_for_port`] for every accepted connection (which also
+//! starts watching a port seen for the first time), and [`PolicyClient::is_ready`]
+//! and [`PolicyClient::stats`] for `/ready` and `/metrics`. This is the only
+//! code in `policy-client` that opens a socket; it never decides anything.
+//!
+//! ```text
+//!  port 8080 ─ WatchPort stream ─┐
+//!  port 9090 ─ WatchPort stream ─┼─► mpsc ─► writer task ─► PolicyTable::publish
+//!  port N    ─ WatchPort stream ─┘   (one writer: one swap per batch of updates)
+//! ```
+//!
+//! Failure rules (fail closed, never open):
+//! - One `WatchPort` stream per port, over one HTTP/2 connection. A stream that
+//!   fails is retried with capped exponential backoff with jitter (100 ms up to
+//!   60 s by default); the last policy received for the port stays in force
+//!   while disconnected.
+//! - `InvalidArgument` and `FailedPrecondition` are final: the controller says
+//!   our request is wrong (workload name, port), so retrying cannot help. They
+//!   are logged as configuration errors and the port's stream stops.
+//! - The wait for a stream's first message is bounded; idle gaps afterwards
+//!   are normal for a watch (policy rarely changes), so a dead connection is
+//!   found by HTTP/2 keepalive pings instead.
+//! - A message that cannot be converted (see `proto`) makes its port deny every
+//!   client (`default/invalid`) until a good one arrives; it is counted and logged.
+//! - Until a port's first policy arrives, connections wait up to the policy
+//!   timeout (counted from when the port became known), then the table's
+//!   fallback — the configured default policy — applies, and that is logged.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::model::PortPolicy;
+use crate::proto::{invalid_policy, pb};
+use crate::table::{PolicyTable, Snapshot};
+
+type GrpcClient = pb::client::InboundServerPoliciesClient<Channel>;
+
+// === workload ===
+
+/// The pod a proxy serves, as `namespace/pod` on the command line and as
+/// Linkerd's policy controller expects it in `PortSpec.workload`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Workload {
+    #[serde(rename = "ns")]
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// A workload name that cannot be used (bad flag, or a bad `PortSpec`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid workload {input:?}: {reason}")]
+pub struct InvalidWorkload {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl Workload {
+    pub fn new(namespace: &str, pod: &str) -> Result<Self, InvalidWorkload> {
+        let bad = |reason| InvalidWorkload {
+            input: format!("{namespace}/{pod}"),
+            reason,
+        };
+        if !is_k8s_name(namespace) {
+            return Err(bad("the namespace is not a Kubernetes name"));
+        }
+        if !is_k8s_name(pod) {
+            return Err(bad("the pod is not a Kubernetes name"));
+        }
+        Ok(Workload {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+        })
+    }
+
+    /// What we send in `PortSpec.workload`: `{"ns":"NS","pod":"POD"}`, the
+    /// form Linkerd's policy controller reads.
+    pub fn to_spec(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads `PortSpec.workload` as Linkerd's controller does: the JSON form,
+    /// or the legacy `NS:POD`.
+    pub fn from_spec(spec: &str) -> Result<Self, InvalidWorkload> {
+        let bad = |reason| InvalidWorkload {
+            input: spec.chars().take(300).collect(),
+            reason,
+        };
+        if spec.trim_start().starts_with('{') {
+            let w: Workload = serde_json::from_str(spec)
+                .map_err(|_| bad("expected JSON {\"ns\": NAMESPACE, \"pod\": POD}"))?;
+            return Workload::new(&w.namespace, &w.pod).map_err(|e| bad(e.reason));
+        }
+        match spec.split_once(':') {
+            Some((ns, pod)) => Workload::new(ns, pod).map_err(|e| bad(e.reason)),
+            None => Err(bad("expected JSON {\"ns\", \"pod\"} or NAMESPACE:POD")),
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = InvalidWorkload;
+
+    /// `namespace/pod`, as `--workload` takes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, pod)) => Workload::new(ns, pod),
+            None => Err(InvalidWorkload {
+                input: s.to_string(),
+                reason: "expected NAMESPACE/POD",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.pod)
+    }
+}
+
+/// A DNS subdomain name (RFC 1123), as Kubernetes requires of namespaces and pods.
+fn is_k8s_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}
+
+// === configuration ===
+
+/// Settings of the stream client. Field docs state the defaults of [`ClientConfig::new`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `--policy-controller`: `http://HOST:PORT` (a bare `HOST:PORT` means http).
+    pub controller: String,
+    /// `--workload`.
+    pub workload: Workload,
+    /// `--inbound-ports`: watched from the start (others on first use).
+    pub ports: Vec<u16>,
+    /// `--policy-timeout`: how long connections to a port wait for its first
+    /// policy before the default applies (10 s).
+    pub policy_timeout: Duration,
+    /// First retry delay after a failure (100 ms).
+    pub backoff_min: Duration,
+    /// Longest retry delay (60 s).
+    pub backoff_max: Duration,
+    /// TCP connect timeout to the controller (5 s).
+    pub connect_timeout: Duration,
+    /// How long a new stream may take to deliver its first message (10 s).
+    pub first_message_timeout: Duration,
+    /// HTTP/2 keepalive ping interval, and how long to wait for the answer,
+    /// so a silent dead connection is noticed during idle gaps (10 s).
+    pub keepalive: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(controller: impl Into<String>, workload: Workload) -> Self {
+        ClientConfig {
+            controller: controller.into(),
+            workload,
+            ports: Vec::new(),
+            policy_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            first_message_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The client could not start: configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid --policy-controller {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the policy client must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+// === counters ===
+
+/// Counters of the stream client, for the proxy's `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    streams_opened: AtomicU64,
+    messages: AtomicU64,
+    invalid_messages: AtomicU64,
+    stream_errors: AtomicU64,
+    config_errors: AtomicU64,
+    updates_applied: AtomicU64,
+}
+
+/// A copy of the client's counters (all monotonic since start).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientStats {
+    /// `WatchPort` calls made.
+    pub streams_opened: u64,
+    /// `Server` messages received.
+    pub messages: u64,
+    /// Messages that could not be converted (the port denied until the next good one).
+    pub invalid_messages: u64,
+    /// Streams that failed: transport errors, error statuses, first-message timeouts.
+    pub stream_errors: u64,
+    /// Final errors (`InvalidArgument`, `FailedPrecondition`): configuration problems.
+    pub config_errors: u64,
+    /// Snapshots published into the table.
+    pub updates_applied: u64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+// === the client ===
+
+/// Whether a port's first policy arrived in time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FirstPolicy {
+    /// The controller's policy (or the deny of an invalid one) is in the table.
+    Received,
+    /// The policy timeout passed: the table's fallback (the default policy) applies.
+    TimedOut,
+}
+
+/// A handle on the running stream client. Cheap to clone; when the last
+/// handle is dropped every stream stops (the table keeps its last policy).
+#[derive(Clone)]
+pub struct PolicyClient {
+    inner: Arc<Inner>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl fmt::Debug for PolicyClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyClient")
+            .field("controller", &self.inner.config.controller)
+            .field("workload", &self.inner.config.workload)
+            .finish()
+    }
+}
+
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// `PortSpec.workload`, computed once.
+    spec: String,
+    channel: Channel,
+    table: Arc<PolicyTable>,
+    ports: Mutex<HashMap<u16, PortState>>,
+    updates: mpsc::Sender<Update>,
+    counters: Counters,
+    runtime: tokio::runtime::Handle,
+    stop: watch::Receiver<bool>,
+}
+
+struct PortState {
+    /// Set (by the writer, after publishing) once the port has a policy.
+    received: watch::Sender<bool>,
+    /// When waiting for the first policy ends.
+    deadline: Instant,
+    /// Whether "the default applies" has been logged for this port.
+    default_logged: bool,
+}
+
+/// One port's new policy, from a stream to the writer.
+struct Update {
+    port: u16,
+    policy: PortPolicy,
+}
+
+impl PolicyClient {
+    /// Starts watching `config.ports` and the writer that feeds `table`. Must
+    /// be called inside a tokio runtime; connects lazily (an unreachable
+    /// controller is retried, not an error here).
+    pub fn spawn(config: ClientConfig, table: Arc<PolicyTable>) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
+        let url = if config.controller.contains("://") {
+            config.controller.clone()
+        } else {
+            format!("http://{}", config.controller)
+        };
+        let invalid = |reason: String| ClientError::InvalidUrl {
+            url: config.controller.clone(),
+            reason,
+        };
+        if !url.starts_with("http://") {
+            return Err(invalid("only http:// controllers are supported".into()));
+        }
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|e| invalid(e.to_string()))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(config.keepalive)
+            .keep_alive_timeout(config.keepalive)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+
+        let (stop_tx, stop) = watch::channel(false);
+        let (updates, rx) = mpsc::channel(64);
+        let inner = Arc::new(Inner {
+            spec: config.workload.to_spec(),
+            config,
+            channel,
+            table,
+            ports: Mutex::new(HashMap::new()),
+            updates,
+            counters: Counters::default(),
+            runtime,
+            stop,
+        });
+        inner.runtime.spawn(write(inner.clone(), rx));
+        let client = PolicyClient {
+            inner,
+            _stop: Arc::new(StopOnDrop(stop_tx)),
+        };
+        tracing::info!(
+            controller = %client.inner.config.controller,
+            workload = %client.inner.config.workload,
+            ports = ?client.inner.config.ports,
+            "watching inbound policy"
+        );
+        for port in client.inner.config.ports.clone() {
+            client.ensure_port(port);
+        }
+        Ok(client)
+    }
+
+    /// Starts watching `port` if it is not watched yet (a connection arrived
+    /// for a port not in `--inbound-ports`).
+    pub fn ensure_port(&self, port: u16) {
+        let mut ports = self.inner.lock_ports();
+        if ports.contains_key(&port) {
+            return;
+        }
+        ports.insert(
+            port,
+            PortState {
+                received: watch::Sender::new(false),
+                deadline: Instant::now() + self.inner.config.policy_timeout,
+                default_logged: false,
+            },
+        );
+        drop(ports);
+        tracing::debug!(port, "watching a new port");
+        self.inner
+            .runtime
+            .spawn(watch_port(self.inner.clone(), port));
+    }
+
+    /// Waits until `port` has its first policy, or its policy timeout passed
+    /// (then the table's default applies; logged once per port). Returns at
+    /// once when the policy is there. Starts watching the port if needed.
+    pub async fn wait_for_port(&self, port: u16) -> FirstPolicy {
+        self.ensure_port(port);
+        let (mut received, deadline) = {
+            let ports = self.inner.lock_ports();
+            match ports.get(&port) {
+                Some(s) => (s.received.subscribe(), s.deadline),
+                None => return FirstPolicy::TimedOut,
+            }
+        };
+        if *received.borrow() {
+            return FirstPolicy::Received;
+        }
+        let arrived = tokio::time::timeout_at(deadline, received.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if arrived {
+            return FirstPolicy::Received;
+        }
+        let mut ports = self.inner.lock_ports();
+        if let Some(state) = ports.get_mut(&port) {
+            if !state.default_logged && !*state.received.borrow() {
+                state.default_logged = true;
+                tracing::warn!(
+                    port,
+                    timeout = ?self.inner.config.policy_timeout,
+                    default = %self.inner.table.load().fallback.port(port).server,
+                    "no policy from the controller in time; the default policy applies \
+                     to this port until one arrives"
+                );
+            }
+        }
+        FirstPolicy::TimedOut
+    }
+
+    /// Every known port has a policy (vacuously true before any port is known).
+    pub fn is_ready(&self) -> bool {
+        self.inner
+            .lock_ports()
+            .values()
+            .all(|s| *s.received.borrow())
+    }
+
+    /// The known ports and whether each has its policy, sorted by port.
+    pub fn ports(&self) -> Vec<(u16, bool)> {
+        let mut ports: Vec<_> = self
+            .inner
+            .lock_ports()
+            .iter()
+            .map(|(p, s)| (*p, *s.received.borrow()))
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            streams_opened: get(&c.streams_opened),
+            messages: get(&c.messages),
+            invalid_messages: get(&c.invalid_messages),
+            stream_errors: get(&c.stream_errors),
+            config_errors: get(&c.config_errors),
+            updates_applied: get(&c.updates_applied),
+        }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+}
+
+impl Inner {
+    fn lock_ports(&self) -> MutexGuard<'_, HashMap<u16, PortState>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (single inserts and flag reads), so a poisoned lock is still usable.
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Resolves when the client is stopped (last handle dropped).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+// === the writer ===
+
+/// The one writer of the table: applies every pending update to one new
+/// snapshot and publishes it with one swap, then marks the ports as received
+/// (so waiting connections read the new policy).
+async fn write(inner: Arc<Inner>, mut rx: mpsc::Receiver<Update>) {
+    let stop = stopped(inner.stop.clone());
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            _ = &mut stop => return,
+            u = rx.recv() => match u {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while let Ok(u) = rx.try_recv() {
+            batch.push(u);
+        }
+        let current = inner.table.load();
+        let mut next: Option<Snapshot> = None;
+        for u in &batch {
+            let base = next.as_ref().unwrap_or(&current);
+            if base.ports.get(&u.port).map(|a| a.policy()) == Some(&u.policy) {
+                continue;
+            }
+            tracing::info!(
+                port = u.port,
+                server = %u.policy.server,
+                protocol = %u.policy.protocol,
+                authorizations = u.policy.authorizations.len(),
+                routes = u.policy.http_routes.len(),
+                "policy updated"
+            );
+            next = Some(base.with_port(u.policy.clone()));
+        }
+        if let Some(next) = next {
+            inner.table.publish(next);
+            inc(&inner.counters.updates_applied);
+        }
+        let ports = inner.lock_ports();
+        for u in &batch {
+            if let Some(state) = ports.get(&u.port) {
+                state.received.send_replace(true);
+            }
+        }
+    }
+}
+
+// === one port's stream ===
+
+/// Why one `WatchPort` stream ended.
+enum End {
+    /// Retry after a backoff; `healthy` when the stream delivered messages.
+    Retry {
+        healthy: bool,
+        error: Option<StreamError>,
+    },
+    /// The controller rejected our request: do not retry.
+    Final(tonic::Status),
+    /// The client is shutting down.
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    #[error("no message within {0:?} of opening the stream")]
+    FirstMessageTimeout(Duration),
+}
+
+/// Watches one port until the client stops or the controller says our
+/// request is wrong.
+async fn watch_port(inner: Arc<Inner>, port: u16) {
+    let mut client = GrpcClient::new(inner.channel.clone());
+    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
+    let stop = stopped(inner.stop.clone());
+    tokio::pin!(stop);
+    loop {
+        let end = tokio::select! {
+            _ = &mut stop => return,
+            end = watch_once(&inner, &mut client, port) => end,
+        };
+        match end {
+            End::Stopped => return,
+            End::Final(status) => {
+                inc(&inner.counters.config_errors);
+                tracing::error!(
+                    port,
+                    workload = %inner.config.workload,
+                    code = %status.code(),
+                    message = status.message(),
+                    "configuration error: the policy controller rejected this workload or port; \
+                     not retrying (check --workload and the port)"
+                );
+                return;
+            }
+            End::Retry { healthy, error } => {
+                if healthy {
+                    backoff.reset();
+                }
+                let delay = backoff.next();
+                match error {
+                    Some(error) => {
+                        inc(&inner.counters.stream_errors);
+                        tracing::warn!(
+                            port,
+                            %error,
+                            retry_in = ?delay,
+                            "policy stream failed; the last policy stays in force"
+                        );
+                    }
+                    None => tracing::debug!(port, retry_in = ?delay, "policy stream ended"),
+                }
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One `WatchPort` call: forwards every message to the writer until the
+/// stream ends.
+async fn watch_once(inner: &Inner, client: &mut GrpcClient, port: u16) -> End {
+    inc(&inner.counters.streams_opened);
+    let spec = pb::PortSpec {
+        workload: inner.spec.clone(),
+        port: port.into(),
+    };
+    let timeout = inner.config.first_message_timeout;
+    let first_by = Instant::now() + timeout;
+    let mut stream = match tokio::time::timeout_at(first_by, client.watch_port(spec)).await {
+        Err(_) => return retry(false, StreamError::FirstMessageTimeout(timeout)),
+        Ok(Err(status)) => return on_status(status, false),
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    let mut received = false;
+    loop {
+        let next = if received {
+            stream.message().await
+        } else {
+            match tokio::time::timeout_at(first_by, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => return retry(false, StreamError::FirstMessageTimeout(timeout)),
+            }
+        };
+        let server = match next {
+            Ok(Some(server)) => server,
+            Ok(None) => {
+                return End::Retry {
+                    healthy: received,
+                    error: None,
+                }
+            }
+            Err(status) => return on_status(status, received),
+        };
+        inc(&inner.counters.messages);
+        let policy = match PortPolicy::try_from((port, server)) {
+            Ok(policy) => policy,
+            Err(error) => {
+                inc(&inner.counters.invalid_messages);
+                tracing::error!(
+                    port,
+                    %error,
+                    "denying every client on this port until the controller sends a valid policy"
+                );
+                invalid_policy(port)
+            }
+        };
+        if inner.updates.send(Update { port, policy }).await.is_err() {
+            return End::Stopped;
+        }
+        received = true;
+    }
+}
+
+fn retry(healthy: bool, error: StreamError) -> End {
+    End::Retry {
+        healthy,
+        error: Some(error),
+    }
+}
+
+/// `InvalidArgument` and `FailedPrecondition` mean the request is wrong and
+/// will stay wrong; everything else (unavailable, not found yet, internal,
+/// transport errors) may pass.
+fn on_status(status: tonic::Status, healthy: bool) -> End {
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition => End::Final(status),
+        _ => retry(healthy, StreamError::Status(status)),
+    }
+}
+
+// === backoff ===
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper
+/// half of the current step (so retries of many proxies spread out), never
+/// below `min`, and the step doubles up to `max`.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        let max = max.max(min);
+        Backoff {
+            min,
+            max,
+            step: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = self.min;
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = step.saturating_mul(2).min(self.max);
+        let jittered = step.mul_f64(rand::rng().random_range(0.5..=1.0));
+        jittered.clamp(self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_parse_in_every_form() {
+        let w: Workload = "emojivoto/web-0".parse().unwrap();
+        assert_eq!(w.to_string(), "emojivoto/web-0");
+        assert_eq!(w.to_spec(), r#"{"ns":"emojivoto","pod":"web-0"}"#);
+        assert_eq!(Workload::from_spec(&w.to_spec()), Ok(w.clone()));
+        assert_eq!(Workload::from_spec("emojivoto:web-0"), Ok(w.clone()));
+        assert_eq!(
+            Workload::from_spec(r#" {"pod": "web-0", "ns": "emojivoto"}"#),
+            Ok(w)
+        );
+        for bad in ["", "emojivoto", "a/b/c", "/pod", "ns/", "NS/pod", "ns/p_d"] {
+            assert!(bad.parse::<Workload>().is_err(), "{bad:?}");
+        }
+        for bad in [
+            "",
+            "emojivoto",
+            ":pod",
+            "{",
+            r#"{"ns":"a"}"#,
+            r#"{"ns":"a","external_workload":"b"}"#,
+            r#"{"ns":"A","pod":"b"}"#,
+            "a:b:c",
+        ] {
+            assert!(Workload::from_spec(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(60);
+        let mut b = Backoff::new(min, max);
+        let mut step = min;
+        for _ in 0..20 {
+            let d = b.next();
+            assert!(d >= min && d <= max, "{d:?}");
+            assert!(d >= step / 2 && d <= step, "{d:?} outside half of {step:?}");
+            step = (step * 2).min(max);
+        }
+        assert!(b.next() >= Duration::from_secs(30));
+        b.reset();
+        assert!(b.next() <= min);
+    }
+
+    #[test]
+    fn only_bad_requests_are_final() {
+        for code in [Code::InvalidArgument, Code::FailedPrecondition] {
+            assert!(matches!(
+                on_status(tonic::Status::new(code, "x"), false),
+                End::Final(_)
+            ));
+        }
+        for code in [
+            Code::NotFound,
+            Code::Unavailable,
+            Code::Internal,
+            Code::Unknown,
+            Code::PermissionDenied,
+        ] {
+            assert!(matches!(
+                on_status(tonic::Status::new(code, "x"), true),
+                End::Retry { healthy: true, .. }
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_configuration_errors() {
+        let table = Arc::new(PolicyTable::new(Snapshot::from_config(
+            &crate::PolicyConfig::default(),
+            "test",
+        )));
+        let w: Workload = "ns/pod".parse().unwrap();
+        for url in ["https://127.0.0.1:1", "http://bad host:1"] {
+            let r = PolicyClient::spawn(ClientConfig::new(url, w.clone()), table.clone());
+            assert!(matches!(r, Err(ClientError::InvalidUrl { .. })), "{url}");
+        }
+        assert!(PolicyClient::spawn(ClientConfig::new("127.0.0.1:1", w), table).is_ok());
+    }
+}

@@ -1,0 +1,260 @@
+//! Policy sources: where the policy table's snapshots come from.
+//!
+//! - none: the default policy (`--default-policy`, `--opaque-ports`,
+//!   `--cluster-networks`) on every port; ready at once.
+//! - `--policy-file PATH --workload NS/POD`: the resources in PATH (a YAML
+//!   file or a directory of them) compiled for that pod. The path is watched
+//!   (inotify through `notify`, plus a one-second check of sizes and
+//!   modification times as a safety net) and reloaded within about a second
+//!   of a change.
+//!
+//! Fail closed: a load that fails (unreadable file, invalid YAML, invalid
+//! resource, unknown workload) is rejected whole, every error is logged, and
+//! the last good policy stays in force. If the very first load fails, the
+//! table denies everything (and `/ready` stays 503) until a valid file
+//! appears: a typo never opens anything up. Warnings (overlapping Servers,
+//! unknown annotation values...) are logged and the policy is applied.
+//!
+//! A source is the table's only writer: it builds each snapshot off to the
+//! side and publishes it whole (`PolicyTable::publish`), which wakes the
+//! revocation task in `authz.rs`. Called once by `lib.rs` at startup.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portcullis_policy::{
+    compile, CompileError, DefaultPolicy, PolicyConfig, PolicyTable, ResourceErrors, Resources,
+    Snapshot, WorkloadPolicy,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, PolicySource};
+use crate::metrics::Metrics;
+
+/// How often the files' metadata is compared even without a watch event.
+const POLL: Duration = Duration::from_secs(1);
+/// After a change, wait until the files stop changing for this long (an
+/// editor or `kubectl cp` may write in several steps).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Why a policy file could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Resources(ResourceErrors),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// Starts the configured source. The returned flag turns true once a
+/// policy is in force (for `/ready`).
+pub fn start(
+    config: &Config,
+    table: Arc<PolicyTable>,
+    metrics: Arc<Metrics>,
+) -> watch::Sender<bool> {
+    let ready = watch::Sender::new(false);
+    match &config.source {
+        PolicySource::None => {
+            // The table starts with the default policy: nothing to load.
+            metrics.policy_generation.set(table.generation() as i64);
+            ready.send_replace(true);
+        }
+        PolicySource::File { path, workload } => {
+            let mut file = FileSource {
+                path: path.clone(),
+                workload: workload.clone(),
+                policy: config.policy.clone(),
+                table,
+                metrics,
+                ready: ready.clone(),
+                last: None,
+            };
+            // First load before any listener exists, so no connection sees
+            // anything but the file's policy (or deny-all while it is invalid).
+            if !file.reload() {
+                let deny = PolicyConfig {
+                    default_policy: DefaultPolicy::Deny,
+                    ..config.policy.clone()
+                };
+                file.table.publish(Snapshot::from_config(
+                    &deny,
+                    format!("deny-all: {} has no valid policy yet", path.display()),
+                ));
+                file.metrics
+                    .policy_generation
+                    .set(file.table.generation() as i64);
+            }
+            tokio::spawn(file.watch());
+        }
+    }
+    ready
+}
+
+/// Loads and compiles a policy file for one workload.
+pub fn load(path: &Path, workload: &str, config: &PolicyConfig) -> Result<Loaded, LoadError> {
+    let resources = Resources::load(&[path]).map_err(LoadError::Resources)?;
+    let mut warnings: Vec<String> = resources
+        .check(config)
+        .into_iter()
+        .map(|w| w.to_string())
+        .collect();
+    let compiled = compile(&resources, workload, config)?;
+    warnings.extend(compiled.warnings);
+    Ok(Loaded {
+        policy: compiled.policy,
+        warnings,
+    })
+}
+
+/// A compiled policy file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: WorkloadPolicy,
+    pub warnings: Vec<String>,
+}
+
+struct FileSource {
+    path: PathBuf,
+    workload: String,
+    policy: PolicyConfig,
+    table: Arc<PolicyTable>,
+    metrics: Arc<Metrics>,
+    ready: watch::Sender<bool>,
+    /// The policy last published, to skip no-op reloads.
+    last: Option<WorkloadPolicy>,
+}
+
+impl FileSource {
+    /// Loads, compiles and publishes; `false` (and the table untouched) on error.
+    fn reload(&mut self) -> bool {
+        match load(&self.path, &self.workload, &self.policy) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!(file = %self.path.display(), "policy warning: {w}");
+                }
+                if self.last.as_ref() == Some(&loaded.policy) {
+                    debug!(file = %self.path.display(), "policy file changed; policy unchanged");
+                    return true;
+                }
+                let ports = loaded.policy.ports.len();
+                self.last = Some(loaded.policy.clone());
+                self.table.publish(Snapshot::from_workload(
+                    loaded.policy,
+                    format!("file {}", self.path.display()),
+                ));
+                let generation = self.table.generation();
+                self.metrics.policy_generation.set(generation as i64);
+                self.ready.send_replace(true);
+                info!(
+                    file = %self.path.display(),
+                    workload = %self.workload,
+                    ports,
+                    generation,
+                    "policy loaded"
+                );
+                true
+            }
+            Err(e) => {
+                self.metrics.policy_errors.inc();
+                let errors: Vec<String> = match &e {
+                    LoadError::Resources(errs) => errs.0.iter().map(|e| e.to_string()).collect(),
+                    LoadError::Compile(c) => vec![c.to_string()],
+                };
+                for err in &errors {
+                    error!(file = %self.path.display(), "invalid policy: {err}");
+                }
+                error!(
+                    file = %self.path.display(),
+                    errors = errors.len(),
+                    "policy rejected; the last good policy stays in force"
+                );
+                false
+            }
+        }
+    }
+
+    async fn watch(mut self) {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        // Keep the watcher alive as long as this task.
+        let _watcher = match watcher(&self.path, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(file = %self.path.display(), error = %e, "cannot watch the policy file; checking it every second");
+                None
+            }
+        };
+        let mut seen = fingerprint(&self.path);
+        loop {
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let mut now = fingerprint(&self.path);
+            if now == seen {
+                continue;
+            }
+            // Let a multi-step write finish.
+            loop {
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+                let again = fingerprint(&self.path);
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            seen = now;
+            debug!(file = %self.path.display(), "policy file changed");
+            self.reload();
+        }
+    }
+}
+
+/// Watches the path's directory (a file is often replaced by a rename, or
+/// by a symlink swap in a Kubernetes volume) and signals on every event.
+fn watcher(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |_res| {
+        let _ = tx.send(());
+    })?;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(w)
+}
+
+/// Size, modification time and inode of the policy file (or of each YAML
+/// file of the directory): any edit, replacement or removal changes it.
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (p.to_path_buf(), m.len(), m.modified().ok(), m.ino()))
+    };
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .filter_map(|p| stat(&p))
+            .collect();
+        entries.sort();
+        entries
+    } else {
+        stat(path).into_iter().collect()
+    }
+}
