@@ -407,7 +407,14 @@ fn verify_authz(spec: &Spec, t: &Running, row: &mut Row) {
     if spec.rewrite {
         let updates: Vec<&str> = text
             .lines()
-            .filter(|l| !l.starts_with('#') && l.contains("policy") && l.contains("update"))
+            .filter(|l| {
+                // e.g. inbound_policy_generation (updates applied) and
+                // inbound_policy_errors_total (updates rejected).
+                !l.starts_with('#')
+                    && l.split([' ', '{'])
+                        .next()
+                        .is_some_and(|n| n.contains("policy"))
+            })
             .collect();
         if updates.is_empty() {
             row.notes

@@ -282,7 +282,12 @@ fn start_portcullis(
         &policy,
         &policy_yaml(backend.port(), traffic(spec.proto), spec.authorizations, 0),
     )?;
+    // The iptables listener is unused here, but it must bind somewhere of
+    // our own: loopback, a free port (several proxies may run at once).
+    let inbound = free_port()?;
     let mut args = vec![
+        "--inbound-addr".to_string(),
+        inbound.to_string(),
         "--map".to_string(),
         format!("{listen}={}", backend.port()),
         "--app-addr".into(),
