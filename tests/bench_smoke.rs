@@ -91,6 +91,15 @@ fn every_target_answers_in_a_smoke_run() {
     let results = dir.path().join("RESULTS.md");
     let svg = dir.path().join("svg");
 
+    // Sections of RESULTS.md outside the harness's markers must survive.
+    std::fs::write(
+        &results,
+        "# Benchmark results\n\n## Decision function (criterion)\n\nkeep me\n\n\
+         <!-- load-harness:begin (old) -->\nold tables\n<!-- load-harness:end -->\n\n\
+         ### Reading\n\nkeep me too\n",
+    )
+    .expect("seed RESULTS.md");
+
     let started = Instant::now();
     let mut child = Command::new(&exe)
         .arg("all")
@@ -197,6 +206,15 @@ fn every_target_answers_in_a_smoke_run() {
 
     let md = std::fs::read_to_string(&results).expect("RESULTS.md written");
     assert!(md.contains("## Load benchmarks") && md.contains("| direct |"));
+    assert!(
+        md.contains("keep me\n") && md.contains("keep me too"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("old tables"),
+        "the previous block was not replaced"
+    );
+    assert_eq!(md.matches("<!-- load-harness:begin").count(), 1);
     let charts: Vec<_> = std::fs::read_dir(&svg)
         .expect("svg dir")
         .flatten()
