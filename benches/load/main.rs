@@ -293,7 +293,8 @@ fn tool_versions() -> String {
         );
         text.lines()
             .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_string())
+            // "HAProxy version 2.6.12 2023/01/01 - https://…": keep the version.
+            .map(|l| l.split(" - http").next().unwrap_or(l).trim().to_string())
     };
     [
         ("haproxy", &["-v"][..]),
