@@ -33,7 +33,7 @@ fn resources(ports: &[u16], pod_annotations: &str, ns_annotations: &str, rest: &
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n{}---\n\
          apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: demo\n{}  labels:\n    app: web\n\
          spec:\n  serviceAccountName: web\n  containers:\n    - name: web\n      image: web\n      ports:\n{ports}{rest}",
-        ann(ns_annotations).replace("  annotations", "  annotations"),
+        ann(ns_annotations),
         ann(pod_annotations),
     )
 }

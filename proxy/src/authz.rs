@@ -74,6 +74,11 @@ struct Live {
     revoke: CancellationToken,
 }
 
+/// A TCP connection was denied: the caller closes it without forwarding.
+#[derive(Debug, thiserror::Error)]
+#[error("connection denied by policy")]
+pub struct TcpDenied;
+
 /// A TCP connection's authorization: keeps it in the registry while it
 /// lives; `revoked` fires when a policy update no longer admits it.
 #[derive(Debug)]
@@ -118,7 +123,7 @@ impl Enforcer {
 
     /// Checks a TCP (opaque or TLS passthrough) connection. `Err` means close
     /// it without forwarding a byte; the deny is already counted and logged.
-    pub fn check_tcp(self: &Arc<Self>, conn: &ConnInfo) -> Result<TcpGrant, ()> {
+    pub fn check_tcp(self: &Arc<Self>, conn: &ConnInfo) -> Result<TcpGrant, TcpDenied> {
         // Register before reading the policy: an update published after this
         // point is seen by the revocation task, one before it by the check.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +161,7 @@ impl Enforcer {
                     .get_or_create(&conn.labels.authz(denied.server, None, None))
                     .inc();
                 log_deny(conn, &denied, "tcp", None);
-                Err(())
+                Err(TcpDenied)
             }
         }
     }

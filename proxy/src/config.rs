@@ -23,6 +23,8 @@ use portcullis_policy::{
 };
 use serde::Serialize;
 
+use crate::identity::IdentityConfig;
+
 /// Portcullis: an inbound sidecar proxy that enforces Linkerd authorization policy.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "portcullis", version, about, long_about = None)]
@@ -75,7 +77,8 @@ pub struct Args {
     )]
     pub policy_file: Option<PathBuf>,
 
-    /// Policy controller URL (Linkerd's inbound policy API) [not yet supported]
+    /// Policy controller URL, http://HOST:PORT (Linkerd's inbound policy API: portcullis-controller
+    /// or Linkerd's policy controller); policy for --workload is watched per port
     #[arg(long, env = "PORTCULLIS_POLICY_CONTROLLER", value_name = "URL")]
     pub policy_controller: Option<String>,
 
@@ -124,6 +127,46 @@ pub struct Args {
     /// SPIFFE trust domain whose IDs are unified with service accounts [default: cluster.local]
     #[arg(long, env = "PORTCULLIS_IDENTITY_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN, hide_default_value = true)]
     pub identity_trust_domain: String,
+
+    /// Mesh identity: the trust anchors (PEM, one or more CA certificates) that client
+    /// certificates and the proxy's own chain must verify against. With --identity-cert and
+    /// --identity-key, enables meshed mTLS termination
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_TRUST_ANCHORS",
+        value_name = "PEM",
+        requires_all = ["identity_cert", "identity_key"]
+    )]
+    pub identity_trust_anchors: Option<PathBuf>,
+
+    /// Mesh identity: the proxy's certificate chain (PEM, leaf first); reloaded when it changes
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_CERT",
+        value_name = "PEM",
+        requires_all = ["identity_trust_anchors", "identity_key"]
+    )]
+    pub identity_cert: Option<PathBuf>,
+
+    /// Mesh identity: the leaf's private key (PEM: PKCS#8, SEC1 or PKCS#1; ECDSA, Ed25519 or
+    /// RSA); reloaded when it changes
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_KEY",
+        value_name = "PEM",
+        requires_all = ["identity_trust_anchors", "identity_cert"]
+    )]
+    pub identity_key: Option<PathBuf>,
+
+    /// Mesh identity name: the TLS server name meshed clients use (a ClientHello with this SNI
+    /// is terminated) [default: the certificate's first DNS SAN]
+    #[arg(
+        long,
+        env = "PORTCULLIS_IDENTITY_NAME",
+        value_name = "NAME",
+        requires = "identity_cert"
+    )]
+    pub identity_name: Option<String>,
 
     /// Protocol detection limit: a client that has not sent a recognizable TLS ClientHello or
     /// HTTP request by then is handled as opaque TCP (bytes read so far are forwarded)
@@ -292,6 +335,16 @@ pub enum PolicySource {
         path: PathBuf,
         workload: String,
     },
+    /// `--policy-controller`: one `WatchPort` stream per port of `workload`.
+    Controller {
+        url: String,
+        workload: String,
+        /// `--policy-timeout`.
+        #[serde(serialize_with = "human")]
+        policy_timeout: Duration,
+        /// `--inbound-ports`: watched from the start.
+        inbound_ports: Vec<u16>,
+    },
 }
 
 /// The validated configuration the proxy runs with (shown at startup and on `/config`).
@@ -303,6 +356,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub source: PolicySource,
     pub policy: PolicyConfig,
+    /// The mesh identity files; `None`: no mTLS termination (all TLS passes through).
+    pub identity: Option<IdentityConfig>,
     #[serde(serialize_with = "human")]
     pub detect_timeout: Duration,
     pub max_connections: usize,
@@ -331,10 +386,10 @@ pub struct HttpLimits {
 /// A configuration that clap accepted but that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--policy-controller is not yet supported by this build; use --policy-file or no policy source")]
-    ControllerUnsupported,
-    #[error("--policy-file needs --workload NAMESPACE/POD (the pod whose policy to compile)")]
+    #[error("--policy-file and --policy-controller need --workload NAMESPACE/POD (the pod whose policy to use)")]
     WorkloadMissing,
+    #[error("--policy-controller {0:?}: expected http://HOST:PORT")]
+    ControllerUrl(String),
     #[error("--workload {0:?} is not NAMESPACE/POD")]
     WorkloadInvalid(String),
     #[error("--map {listen}={port}: port {port} is the inbound port; it would loop")]
@@ -351,7 +406,27 @@ impl Args {
     /// Checks what clap cannot and builds the [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
         let source = match (&self.policy_file, &self.policy_controller) {
-            (_, Some(_)) => return Err(ConfigError::ControllerUnsupported),
+            (_, Some(url)) => {
+                let workload = self.workload.clone().ok_or(ConfigError::WorkloadMissing)?;
+                // The client names the pod to the controller: it must be a
+                // Kubernetes name, not just two non-empty halves.
+                if workload
+                    .parse::<portcullis_policy::client::Workload>()
+                    .is_err()
+                {
+                    return Err(ConfigError::WorkloadInvalid(workload));
+                }
+                let bare = url.strip_prefix("http://").unwrap_or(url);
+                if (url.contains("://") && !url.starts_with("http://")) || bare.is_empty() {
+                    return Err(ConfigError::ControllerUrl(url.clone()));
+                }
+                PolicySource::Controller {
+                    url: url.clone(),
+                    workload,
+                    policy_timeout: self.policy_timeout,
+                    inbound_ports: self.inbound_ports.clone(),
+                }
+            }
             (Some(path), None) => {
                 let workload = self.workload.clone().ok_or(ConfigError::WorkloadMissing)?;
                 PolicySource::File {
@@ -449,6 +524,20 @@ impl Args {
                 identity_domain: self.identity_domain,
                 trust_domain: self.identity_trust_domain,
             },
+            identity: match (
+                self.identity_trust_anchors,
+                self.identity_cert,
+                self.identity_key,
+            ) {
+                (Some(trust_anchors), Some(cert), Some(key)) => Some(IdentityConfig {
+                    trust_anchors,
+                    cert,
+                    key,
+                    name: self.identity_name,
+                }),
+                // clap's `requires_all` makes them all-or-none.
+                _ => None,
+            },
             detect_timeout: self.detect_timeout,
             max_connections: self.max_connections,
             app_connect_timeout: self.app_connect_timeout,
@@ -473,6 +562,9 @@ impl fmt::Display for PolicySource {
             PolicySource::None => f.write_str("none (default policy on every port)"),
             PolicySource::File { path, workload } => {
                 write!(f, "file {} for {workload}", path.display())
+            }
+            PolicySource::Controller { url, workload, .. } => {
+                write!(f, "controller {url} for {workload}")
             }
         }
     }
@@ -529,10 +621,45 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_source_takes_its_flags() {
+        let c = parse(&[
+            "--policy-controller",
+            "http://127.0.0.1:8090",
+            "--workload",
+            "shop/web-0",
+            "--inbound-ports",
+            "8080,9090",
+            "--policy-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.source,
+            PolicySource::Controller {
+                url: "http://127.0.0.1:8090".into(),
+                workload: "shop/web-0".into(),
+                policy_timeout: Duration::from_secs(2),
+                inbound_ports: vec![8080, 9090],
+            }
+        );
+        assert!(parse(&["--policy-controller", "127.0.0.1:8090", "--workload", "a/b"]).is_ok());
+    }
+
+    #[test]
     fn invalid_combinations_are_rejected() {
         assert!(parse(&["--policy-controller", "http://x"])
             .unwrap_err()
-            .contains("not yet supported"));
+            .contains("--workload"));
+        assert!(
+            parse(&["--policy-controller", "https://x", "--workload", "ns/pod"])
+                .unwrap_err()
+                .contains("http://HOST:PORT")
+        );
+        assert!(
+            parse(&["--policy-controller", "http://x", "--workload", "NS/pod"])
+                .unwrap_err()
+                .contains("NAMESPACE/POD")
+        );
         assert!(parse(&["--policy-file", "x.yaml"])
             .unwrap_err()
             .contains("--workload"));
@@ -549,5 +676,36 @@ mod tests {
         assert!(parse(&["--opaque-ports", "9-3"]).is_err());
         assert!(parse(&["--detect-timeout", "soon"]).is_err());
         assert!(parse(&["--max-connections", "0"]).is_err());
+        // The identity files come together.
+        let err = parse(&["--identity-cert", "c.pem"]).unwrap_err();
+        assert!(err.contains("--identity-trust-anchors"), "{err}");
+        assert!(parse(&["--identity-name", "x"]).is_err());
+    }
+
+    #[test]
+    fn identity_flags_and_variables() {
+        let c = parse(&[
+            "--identity-trust-anchors",
+            "/id/ca.pem",
+            "--identity-cert",
+            "/id/crt.pem",
+            "--identity-key",
+            "/id/key.pem",
+            "--identity-name",
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+            "--identity-trust-domain",
+            "example.org",
+        ])
+        .unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.trust_anchors, PathBuf::from("/id/ca.pem"));
+        assert_eq!(id.cert, PathBuf::from("/id/crt.pem"));
+        assert_eq!(id.key, PathBuf::from("/id/key.pem"));
+        assert_eq!(
+            id.name.as_deref(),
+            Some("web.ns.serviceaccount.identity.linkerd.cluster.local")
+        );
+        assert_eq!(c.policy.trust_domain, "example.org");
+        assert_eq!(parse(&[]).unwrap().identity, None);
     }
 }

@@ -6,10 +6,11 @@
 //! One file per stage of a connection, and one that calls them in order:
 //!
 //! ```text
-//!            accept.rs         detect.rs          [tls.rs]       detect.rs
+//!            accept.rs         detect.rs          tls.rs          detect.rs
 //! client ──► listener ──────► TLS ClientHello? ─► terminate ───► HTTP/2? HTTP/1?
-//!            orig dst / --map  (SNI; else pass     mesh TLS,        │
-//!                              through as TCP)     identity)       │
+//!            orig dst / --map  (SNI = identity?    mesh TLS,        │
+//!                 │            else pass through)  client id        │
+//!                 └─ inbound port itself: direct path (mTLS + transport.rs header)
 //!                                                                   ▼
 //!            authz.rs ◄── PolicyTable (source.rs writes, revocation reads)
 //!              │ TCP: once + on every policy update   HTTP: every request
@@ -20,7 +21,10 @@
 //! config.rs    flags (PORTCULLIS_* env), validation
 //! metrics.rs   Prometheus series (Linkerd's names and labels)
 //! admin.rs     /metrics /ready /live /policy /config
-//! source.rs    policy sources: none, --policy-file (reloaded)
+//! source.rs    policy sources: none, --policy-file (reloaded), --policy-controller (streamed)
+//! identity.rs  the local identity (files, validation, reload), client identity
+//! tls.rs       rustls server config and the mTLS handshake
+//! transport.rs Linkerd's opaque-transport header (direct path)
 //! ```
 //!
 //! [`run`] wires them: it starts the policy source, the revocation task, the
@@ -33,9 +37,12 @@ pub mod config;
 pub mod detect;
 pub mod forward;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod source;
+pub mod tls;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -49,8 +56,12 @@ use crate::accept::{Listener, ListenerKind};
 use crate::authz::Enforcer;
 use crate::config::{Config, LogFormat};
 use crate::http::{HttpServer, Upstreams};
+use crate::identity::IdentityStore;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+
+/// How often the identity files are checked for a rotation.
+const IDENTITY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Logs through `tracing`, filtered by `PORTCULLIS_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
@@ -79,8 +90,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "default policy (no policy source)",
     )));
 
+    // Identity before anything listens: a proxy that cannot prove who it is
+    // refuses to start, saying exactly why (identity.rs).
+    let identity = match &config.identity {
+        Some(cfg) => {
+            let store = Arc::new(IdentityStore::load(cfg.clone())?);
+            let current = store.current();
+            info!(name = %current.name(), serial = %current.serial(), "mesh identity loaded; meshed TLS for it is terminated");
+            Some(store)
+        }
+        None => {
+            info!("no mesh identity configured (--identity-*): all TLS is passed through");
+            None
+        }
+    };
+    let identity_reloader = identity
+        .as_ref()
+        .map(|store| store.spawn_reloader(IDENTITY_POLL));
+
     // Policy first: connections are decided against it from the start.
-    let ready = source::start(&config, table.clone(), metrics.clone());
+    let source::Started {
+        ready,
+        client: policy_client,
+    } = source::start(&config, table.clone(), metrics.clone())?;
     let enforcer = Enforcer::new(table.clone(), metrics.clone());
     tokio::spawn(enforcer.clone().revoke_on_update());
 
@@ -106,9 +138,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         enforcer,
+        policy_client,
         metrics: metrics.clone(),
         http: HttpServer::new(&config.http),
         upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
+        identity,
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),
     });
@@ -160,6 +194,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
     }
     stop_admin.cancel();
+    if let Some(reloader) = identity_reloader {
+        reloader.abort();
+    }
     info!("shutdown complete");
     Ok(())
 }
