@@ -7,9 +7,8 @@
 //! `benches/setup.sh` installs them, and .ci/run calls it) are reported as
 //! skipped by the harness and not asserted; every other row must be "ok".
 //! Portcullis runs from the debug build of the real binary with a policy
-//! that must be evaluated (see benches/load/targets.rs). Its mTLS rows are
-//! excused only while the binary rejects the `--identity-*` flags as unknown
-//! (they land with issue 4).
+//! that must be evaluated (see benches/load/targets.rs), and terminates mTLS
+//! with the certificates the harness generates.
 //!
 //! Must not: take more than a minute (asserted), or write into the
 //! repository (results, charts and JSON go to a temp dir).
@@ -70,16 +69,6 @@ fn bench_exe() -> PathBuf {
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "load")
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .expect("cargo reported no executable for the load bench")
-}
-
-/// A Portcullis mTLS row that failed only because the binary does not know
-/// the `--identity-*` flags of DESIGN.md yet.
-fn identity_flags_missing(r: &serde_json::Value) -> bool {
-    r["kind"] == "portcullis"
-        && r["scenario"].as_str().is_some_and(|s| s.contains("mtls"))
-        && r["reason"]
-            .as_str()
-            .is_some_and(|e| e.contains("unexpected argument '--identity-"))
 }
 
 #[test]
@@ -150,7 +139,6 @@ fn every_target_answers_in_a_smoke_run() {
 
     let mut problems = Vec::new();
     let mut answered = std::collections::BTreeSet::new();
-    let mut excused = 0;
     for r in &rows {
         let name = format!("{} / {}", r["scenario"], r["target"]);
         match r["status"].as_str() {
@@ -161,14 +149,6 @@ fn every_target_answers_in_a_smoke_run() {
                 if !why.contains("not installed") {
                     problems.push(format!("{name}: skipped: {why}"));
                 }
-                continue;
-            }
-            Some("failed") if identity_flags_missing(r) => {
-                // The mTLS flags come with the identity work (issue 4); until
-                // the binary has them the harness reports these rows failed
-                // with clap's error. Once the flags exist this never matches.
-                println!("NOTE {name}: portcullis has no --identity-* flags yet");
-                excused += 1;
                 continue;
             }
             other => {
@@ -194,11 +174,8 @@ fn every_target_answers_in_a_smoke_run() {
         "smoke run problems:\n{}",
         problems.join("\n")
     );
-    // The harness exits non-zero when any row failed (excused ones too).
-    assert!(
-        status.success() || excused > 0,
-        "the harness exited with {status}"
-    );
+    // The harness exits non-zero when any row failed.
+    assert!(status.success(), "the harness exited with {status}");
     // Direct and Portcullis need no external proxy: they always run.
     for k in ["direct", "portcullis"] {
         assert!(answered.contains(k), "{k} answered in no scenario");
