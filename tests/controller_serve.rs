@@ -252,6 +252,7 @@ async fn a_killed_controller_leaves_the_policy_in_force_until_it_is_back() {
     let table = table();
     let client = client(addr, table.clone());
     assert_eq!(client.wait_for_port(8080).await, FirstPolicy::Received);
+    assert_eq!(client.wait_for_port(9090).await, FirstPolicy::Received);
     assert!(!allowed(&table, 8080, "192.168.1.1"));
 
     ctl.kill();

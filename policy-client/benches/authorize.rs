@@ -16,13 +16,16 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use portcullis_policy::{
     authorize, authorize_request, Access, Authentication, Authorization, Authorizer, Client,
     ClientIdentity, ClientTls, HttpRequest, HttpRoute, Meta, Network, PathMatch, PolicyConfig,
-    PortPolicy, Protocol, RouteMatch, Snapshot,
+    PortPolicy, Protocol, RouteMatch, Snapshot, DEFAULT_IDENTITY_DOMAIN,
 };
 
 const SIZES: [usize; 4] = [1, 10, 100, 10_000];
 
 fn sa(i: usize) -> String {
-    PolicyConfig::default().service_account_identity(&format!("sa{i}"), &format!("ns{}", i % 97))
+    format!(
+        "sa{i}.ns{}.serviceaccount.identity.{DEFAULT_IDENTITY_DOMAIN}",
+        i % 97
+    )
 }
 
 fn exact(i: usize, networks: &[Network]) -> Authorization {

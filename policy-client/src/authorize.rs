@@ -60,9 +60,11 @@ use crate::model::{
 };
 
 /// Scopes with at most this many authorizations are scanned rather than
-/// indexed: below it a scan of precompiled checks beats hashing the client's
-/// identity (measured in `benches/RESULTS.md`).
-pub const DEFAULT_SCAN_THRESHOLD: usize = 8;
+/// indexed. A scan costs about 55 instructions per authorization and an
+/// indexed decision about 400 whatever the size (hashing the identity
+/// dominates): the scan wins at 2, ties at 4 and loses from 8 on (callgrind
+/// figures in `benches/RESULTS.md`).
+pub const DEFAULT_SCAN_THRESHOLD: usize = 3;
 
 /// Compiled regexes are capped so a hostile pattern from a controller cannot
 /// take unbounded memory; a pattern over the cap is reported and never matches.
@@ -412,6 +414,9 @@ struct Probe<'c> {
     mesh: bool,
     presented: Option<&'c str>,
     dns: Option<&'c str>,
+    /// The DNS form when it differs from the presented identity (a unified
+    /// SPIFFE ID): the only case where exact entries must be probed twice.
+    other_dns: Option<&'c str>,
 }
 
 impl<'c> Probe<'c> {
@@ -420,11 +425,14 @@ impl<'c> Probe<'c> {
             ClientTls::None => (false, None),
             ClientTls::Mesh { identity } => (true, identity.as_ref()),
         };
+        let presented = identity.map(|id| id.presented.as_str());
+        let dns = identity.and_then(|id| id.dns.as_deref());
         Probe {
             ip: Ip::from(client.addr),
             mesh,
-            presented: identity.map(|id| id.presented.as_str()),
-            dns: identity.and_then(|id| id.dns.as_deref()),
+            presented,
+            dns,
+            other_dns: dns.filter(|d| Some(*d) != presented),
         }
     }
 }
@@ -642,7 +650,9 @@ impl ScanAuthn {
                 let Some(dns) = probe.dns else {
                     return false;
                 };
-                *any || exact.iter().any(|e| **e == *dns)
+                *any || probe
+                    .other_dns
+                    .is_some_and(|d| exact.iter().any(|e| **e == *d))
                     || suffixes.iter().any(|s| suffix_matches(s, dns))
             }
         }
@@ -797,12 +807,10 @@ impl Index {
                 consider(list, memo);
             }
         }
+        if let Some(list) = probe.other_dns.and_then(|d| self.exact.get(d)) {
+            consider(list, memo);
+        }
         if let Some(dns) = probe.dns {
-            if probe.presented != Some(dns) {
-                if let Some(list) = self.exact.get(dns) {
-                    consider(list, memo);
-                }
-            }
             consider(&self.any_identity, memo);
             // `*.suffix` admits `name` when `name` ends with `.suffix`: probe
             // only the dot-suffixes whose length some listed suffix has.

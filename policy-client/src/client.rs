@@ -194,6 +194,8 @@ pub enum ClientError {
     InvalidUrl { url: String, reason: String },
     #[error("the policy client must be started inside a tokio runtime")]
     NoRuntime,
+    #[error("--workload: {0}")]
+    Workload(#[from] InvalidWorkload),
 }
 
 // === counters ===

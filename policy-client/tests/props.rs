@@ -445,7 +445,7 @@ proptest! {
         let method_value: http::Method = method.parse().unwrap();
         let headers = http::HeaderMap::new();
         let request = HttpRequest { method: &method_value, path: "/", headers: &headers };
-        for threshold in [0, 3, DEFAULT_SCAN_THRESHOLD, usize::MAX] {
+        for threshold in [0, 5, DEFAULT_SCAN_THRESHOLD, usize::MAX] {
             let authorizer = Authorizer::with_scan_threshold(policy.clone(), threshold);
             // Compare against the authorizer's own copy, so addresses agree.
             let p = authorizer.policy();

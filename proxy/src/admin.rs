@@ -1,8 +1,9 @@
 //! The admin server (`--admin-addr`, default 127.0.0.1:4191).
 //!
 //! - `GET /metrics`: every metric, Prometheus/OpenMetrics text.
-//! - `GET /ready`: 200 once a policy is loaded (from the file, or the
-//!   default policy when there is no source); 503 before, and while draining.
+//! - `GET /ready`: 200 once a policy is loaded (from the file, from the
+//!   controller for every known port, or the default policy when there is no
+//!   source); 503 before, and while draining.
 //! - `GET /live`: 200 while the process runs.
 //! - `GET /policy`: the policy table in force, as JSON (for debugging).
 //! - `GET /config`: the validated configuration, as JSON.

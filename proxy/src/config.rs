@@ -77,7 +77,8 @@ pub struct Args {
     )]
     pub policy_file: Option<PathBuf>,
 
-    /// Policy controller URL (Linkerd's inbound policy API) [not yet supported]
+    /// Policy controller URL, http://HOST:PORT (Linkerd's inbound policy API: portcullis-controller
+    /// or Linkerd's policy controller); policy for --workload is watched per port
     #[arg(long, env = "PORTCULLIS_POLICY_CONTROLLER", value_name = "URL")]
     pub policy_controller: Option<String>,
 
@@ -334,6 +335,16 @@ pub enum PolicySource {
         path: PathBuf,
         workload: String,
     },
+    /// `--policy-controller`: one `WatchPort` stream per port of `workload`.
+    Controller {
+        url: String,
+        workload: String,
+        /// `--policy-timeout`.
+        #[serde(serialize_with = "human")]
+        policy_timeout: Duration,
+        /// `--inbound-ports`: watched from the start.
+        inbound_ports: Vec<u16>,
+    },
 }
 
 /// The validated configuration the proxy runs with (shown at startup and on `/config`).
@@ -375,10 +386,10 @@ pub struct HttpLimits {
 /// A configuration that clap accepted but that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--policy-controller is not yet supported by this build; use --policy-file or no policy source")]
-    ControllerUnsupported,
-    #[error("--policy-file needs --workload NAMESPACE/POD (the pod whose policy to compile)")]
+    #[error("--policy-file and --policy-controller need --workload NAMESPACE/POD (the pod whose policy to use)")]
     WorkloadMissing,
+    #[error("--policy-controller {0:?}: expected http://HOST:PORT")]
+    ControllerUrl(String),
     #[error("--workload {0:?} is not NAMESPACE/POD")]
     WorkloadInvalid(String),
     #[error("--map {listen}={port}: port {port} is the inbound port; it would loop")]
@@ -395,7 +406,27 @@ impl Args {
     /// Checks what clap cannot and builds the [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
         let source = match (&self.policy_file, &self.policy_controller) {
-            (_, Some(_)) => return Err(ConfigError::ControllerUnsupported),
+            (_, Some(url)) => {
+                let workload = self.workload.clone().ok_or(ConfigError::WorkloadMissing)?;
+                // The client names the pod to the controller: it must be a
+                // Kubernetes name, not just two non-empty halves.
+                if workload
+                    .parse::<portcullis_policy::client::Workload>()
+                    .is_err()
+                {
+                    return Err(ConfigError::WorkloadInvalid(workload));
+                }
+                let bare = url.strip_prefix("http://").unwrap_or(url);
+                if (url.contains("://") && !url.starts_with("http://")) || bare.is_empty() {
+                    return Err(ConfigError::ControllerUrl(url.clone()));
+                }
+                PolicySource::Controller {
+                    url: url.clone(),
+                    workload,
+                    policy_timeout: self.policy_timeout,
+                    inbound_ports: self.inbound_ports.clone(),
+                }
+            }
             (Some(path), None) => {
                 let workload = self.workload.clone().ok_or(ConfigError::WorkloadMissing)?;
                 PolicySource::File {
@@ -532,6 +563,9 @@ impl fmt::Display for PolicySource {
             PolicySource::File { path, workload } => {
                 write!(f, "file {} for {workload}", path.display())
             }
+            PolicySource::Controller { url, workload, .. } => {
+                write!(f, "controller {url} for {workload}")
+            }
         }
     }
 }
@@ -587,10 +621,45 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_source_takes_its_flags() {
+        let c = parse(&[
+            "--policy-controller",
+            "http://127.0.0.1:8090",
+            "--workload",
+            "shop/web-0",
+            "--inbound-ports",
+            "8080,9090",
+            "--policy-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.source,
+            PolicySource::Controller {
+                url: "http://127.0.0.1:8090".into(),
+                workload: "shop/web-0".into(),
+                policy_timeout: Duration::from_secs(2),
+                inbound_ports: vec![8080, 9090],
+            }
+        );
+        assert!(parse(&["--policy-controller", "127.0.0.1:8090", "--workload", "a/b"]).is_ok());
+    }
+
+    #[test]
     fn invalid_combinations_are_rejected() {
         assert!(parse(&["--policy-controller", "http://x"])
             .unwrap_err()
-            .contains("not yet supported"));
+            .contains("--workload"));
+        assert!(
+            parse(&["--policy-controller", "https://x", "--workload", "ns/pod"])
+                .unwrap_err()
+                .contains("http://HOST:PORT")
+        );
+        assert!(
+            parse(&["--policy-controller", "http://x", "--workload", "NS/pod"])
+                .unwrap_err()
+                .contains("NAMESPACE/POD")
+        );
         assert!(parse(&["--policy-file", "x.yaml"])
             .unwrap_err()
             .contains("--workload"));

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use portcullis_policy::client::PolicyClient;
 use portcullis_policy::{Client, ClientTls, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -41,6 +42,9 @@ use crate::transport::{self, SessionProtocol};
 pub struct Inbound {
     pub config: Arc<Config>,
     pub enforcer: Arc<Enforcer>,
+    /// With `--policy-controller`: the stream client, to wait for a port's
+    /// first policy.
+    pub policy_client: Option<PolicyClient>,
     pub metrics: Arc<Metrics>,
     pub http: HttpServer,
     pub upstreams: Upstreams,
@@ -90,6 +94,7 @@ impl Inbound {
             Target::Direct => return self.serve_direct(stream, peer, slot).await,
         };
         let port = target.port();
+        self.first_policy(port).await;
         // One deadline bounds all of detection, TLS handshake included
         // (--detect-timeout).
         let deadline = Instant::now() + self.config.detect_timeout;
@@ -115,6 +120,16 @@ impl Inbound {
                 let client = Self::client(peer, ClientTls::None);
                 self.serve_path(io, peer, target, client, path, slot).await
             }
+        }
+    }
+
+    /// policy: with a controller, the port's first policy may still be on
+    /// its way (or the port is new: watching starts now). Waits for it, up
+    /// to --policy-timeout; then the default applies. Detection needs the
+    /// port's protocol, so this comes first.
+    async fn first_policy(&self, port: u16) {
+        if let Some(client) = &self.policy_client {
+            client.wait_for_port(port).await;
         }
     }
 
@@ -412,6 +427,7 @@ impl Inbound {
         // The header says how the client speaks; the port's protocol how
         // the app does.
         let label = mesh_label(&tls);
+        self.first_policy(header.port).await;
         let protocol = self.enforcer.table().load().protocol(header.port);
         let path = match header.protocol {
             None => Path::Tcp(label),

@@ -21,7 +21,7 @@
 //! config.rs    flags (PORTCULLIS_* env), validation
 //! metrics.rs   Prometheus series (Linkerd's names and labels)
 //! admin.rs     /metrics /ready /live /policy /config
-//! source.rs    policy sources: none, --policy-file (reloaded)
+//! source.rs    policy sources: none, --policy-file (reloaded), --policy-controller (streamed)
 //! identity.rs  the local identity (files, validation, reload), client identity
 //! tls.rs       rustls server config and the mTLS handshake
 //! transport.rs Linkerd's opaque-transport header (direct path)
@@ -109,7 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|store| store.spawn_reloader(IDENTITY_POLL));
 
     // Policy first: connections are decided against it from the start.
-    let ready = source::start(&config, table.clone(), metrics.clone());
+    let source::Started {
+        ready,
+        client: policy_client,
+    } = source::start(&config, table.clone(), metrics.clone())?;
     let enforcer = Enforcer::new(table.clone(), metrics.clone());
     tokio::spawn(enforcer.clone().revoke_on_update());
 
@@ -136,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         enforcer,
+        policy_client,
         metrics: metrics.clone(),
         http: HttpServer::new(&config.http),
         upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),

@@ -6,8 +6,9 @@
 //! `inbound_tcp_detect_http_results_total`, `tcp_{open,close}_total`,
 //! `tcp_{read,write}_bytes_total`, `request_total`, `response_total`,
 //! `response_latency_ms`. Portcullis adds `inbound_tcp_refused_total`,
-//! `inbound_tcp_accept_errors_total`, `inbound_policy_generation` and
-//! `inbound_policy_errors_total`.
+//! `inbound_tcp_accept_errors_total`, `inbound_policy_generation`,
+//! `inbound_policy_errors_total`, and with a controller
+//! `inbound_policy_stream_errors_total` and `inbound_policy_invalid_messages_total`.
 //!
 //! Label values are computed once per connection ([`ConnLabels`]); hot
 //! counters (bytes) are resolved once per connection and then only
@@ -62,6 +63,12 @@ pub struct Metrics {
     pub policy_generation: Gauge,
     pub policy_errors: Counter,
     pub sni: SniLabels,
+    /// With `--policy-controller`: stream failures (transport errors, error
+    /// statuses, first-message timeouts), copied from the stream client.
+    pub policy_stream_errors: Counter,
+    /// With `--policy-controller`: messages that could not be used (the
+    /// port denies until a valid one arrives).
+    pub policy_invalid_messages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,6 +149,18 @@ impl Metrics {
             "Policy updates rejected (invalid files); the last good policy stays in force",
             policy_errors.clone(),
         );
+        let policy_stream_errors = Counter::default();
+        registry.register(
+            "inbound_policy_stream_errors",
+            "Policy controller stream failures; the last policy stays in force while reconnecting",
+            policy_stream_errors.clone(),
+        );
+        let policy_invalid_messages = Counter::default();
+        registry.register(
+            "inbound_policy_invalid_messages",
+            "Policy messages from the controller that could not be used; the port denies until a valid one arrives",
+            policy_invalid_messages.clone(),
+        );
         Metrics {
             registry,
             tcp_authz_allow,
@@ -162,6 +181,8 @@ impl Metrics {
             policy_generation,
             policy_errors,
             sni: SniLabels::default(),
+            policy_stream_errors,
+            policy_invalid_messages,
         }
     }
 

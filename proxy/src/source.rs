@@ -2,6 +2,14 @@
 //!
 //! - none: the default policy (`--default-policy`, `--opaque-ports`,
 //!   `--cluster-networks`) on every port; ready at once.
+//! - `--policy-controller URL --workload NS/POD`: Linkerd's inbound policy
+//!   API, one `WatchPort` stream per port (`portcullis_policy::client`): the
+//!   ports of `--inbound-ports` from the start, any other port when a
+//!   connection first arrives for it (the connection waits up to
+//!   `--policy-timeout` for that port's first policy, then the default
+//!   applies). Ready once every known port has a policy. While the controller
+//!   is unreachable the last policy received stays in force; a message that
+//!   cannot be used makes its port deny until a good one arrives.
 //! - `--policy-file PATH --workload NS/POD`: the resources in PATH (a YAML
 //!   file or a directory of them) compiled for that pod. The path is watched
 //!   (inotify through `notify`, plus a one-second check of sizes and
@@ -23,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use portcullis_policy::client::{ClientConfig, ClientError, ClientStats, PolicyClient};
 use portcullis_policy::{
     compile, CompileError, DefaultPolicy, PolicyConfig, PolicyTable, ResourceErrors, Resources,
     Snapshot, WorkloadPolicy,
@@ -48,14 +57,24 @@ pub enum LoadError {
     Compile(#[from] CompileError),
 }
 
-/// Starts the configured source. The returned flag turns true once a
-/// policy is in force (for `/ready`).
+/// A started policy source.
+pub struct Started {
+    /// Turns true once a policy is in force (for `/ready`).
+    pub ready: watch::Sender<bool>,
+    /// With `--policy-controller`: connections wait on it for their port's
+    /// first policy (`PolicyClient::wait_for_port`).
+    pub client: Option<PolicyClient>,
+}
+
+/// Starts the configured source. Fails only on a controller URL the client
+/// cannot use.
 pub fn start(
     config: &Config,
     table: Arc<PolicyTable>,
     metrics: Arc<Metrics>,
-) -> watch::Sender<bool> {
+) -> Result<Started, ClientError> {
     let ready = watch::Sender::new(false);
+    let mut client = None;
     match &config.source {
         PolicySource::None => {
             // The table starts with the default policy: nothing to load.
@@ -89,8 +108,67 @@ pub fn start(
             }
             tokio::spawn(file.watch());
         }
+        PolicySource::Controller {
+            url,
+            workload,
+            policy_timeout,
+            inbound_ports,
+        } => {
+            let mut initial = Snapshot::from_config(&config.policy, format!("controller {url}"));
+            initial.fallback.workload = workload.clone();
+            table.publish(initial);
+            let workload = workload.parse()?;
+            let mut cc = ClientConfig::new(url.clone(), workload);
+            cc.ports = inbound_ports.clone();
+            cc.policy_timeout = *policy_timeout;
+            let c = PolicyClient::spawn(cc, table.clone())?;
+            tokio::spawn(follow_controller(c.clone(), table, metrics, ready.clone()));
+            client = Some(c);
+        }
     }
-    ready
+    Ok(Started { ready, client })
+}
+
+/// Turns `/ready` on once every known port has a policy (then it stays on
+/// until draining), and copies the stream client's counters and the table's
+/// generation into the metrics.
+async fn follow_controller(
+    client: PolicyClient,
+    table: Arc<PolicyTable>,
+    metrics: Arc<Metrics>,
+    ready: watch::Sender<bool>,
+) {
+    let mut generation = table.subscribe();
+    let mut reported = ClientStats::default();
+    let mut became_ready = false;
+    loop {
+        metrics.policy_generation.set(table.generation() as i64);
+        let stats = client.stats();
+        metrics
+            .policy_stream_errors
+            .inc_by(stats.stream_errors.saturating_sub(reported.stream_errors));
+        metrics.policy_invalid_messages.inc_by(
+            stats
+                .invalid_messages
+                .saturating_sub(reported.invalid_messages),
+        );
+        reported = stats;
+        if !became_ready && client.is_ready() {
+            became_ready = true;
+            ready.send_replace(true);
+            info!(ports = ?client.ports(), "every known port has a policy from the controller");
+        }
+        tokio::select! {
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // Readiness is marked just after a publish, and counters change
+            // without one: check again shortly.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Loads and compiles a policy file for one workload.

@@ -5,6 +5,8 @@
 //! Tests run the binaries as a user would, through their flags, so that the
 //! contract in DESIGN.md is what gets exercised.
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::OnceLock;
