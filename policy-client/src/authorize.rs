@@ -14,6 +14,19 @@
 //! exactly as a linear scan would find it. `tests/props.rs` checks that against
 //! a naive scan.
 //!
+//! # Which route a request takes
+//! Linkerd (Gateway API `HTTPRoute` semantics) does not take the first route
+//! that matches but the one with the most specific matching match, across all
+//! routes: an exact path beats a prefix, a longer prefix a shorter one, any
+//! prefix a regex (a longer pattern first, as Linkerd does) and any path a
+//! match without one; then a match with a method beats one without; then more
+//! header matches beat fewer; remaining ties go to the route listed first. A
+//! route with no matches matches everything at the lowest rank. The order over
+//! (route, match) pairs is computed once in [`Authorizer::from`], so a request
+//! walks the pairs best-first and stops at the first that matches; nothing is
+//! sorted per request. Controllers send the catch-all route before the probe
+//! route, so list order alone would deny kubelet probes.
+//!
 //! # How a decision stays fast
 //! Each ordered list of authorizations (the port's, and each route's) becomes a
 //! [`Scope`]. Small scopes are scanned (cheap checks first); larger ones are
@@ -56,7 +69,7 @@ use thiserror::Error;
 
 use crate::model::{
     canonical_ip, Access, Authentication, Authorization, Client, ClientTls, DefaultPolicy,
-    HeaderValueMatch, HttpRequest, HttpRoute, Meta, Network, PathMatch, PortPolicy,
+    HeaderValueMatch, HttpRequest, HttpRoute, Meta, Network, PathMatch, PortPolicy, RouteMatch,
 };
 
 /// Scopes with at most this many authorizations are scanned rather than
@@ -79,6 +92,8 @@ pub struct Authorizer {
     port_scope: Scope,
     /// Parallel to `policy.http_routes`.
     routes: Vec<CompiledRoute>,
+    /// Every (route, match) pair, most specific first (see the module doc).
+    precedence: Box<[RouteRef]>,
     problems: Vec<MatchProblem>,
 }
 
@@ -116,12 +131,14 @@ impl Authorizer {
                 scope: Scope::build(&policy, &route.authorizations, &mut nets, scan_threshold),
             })
             .collect();
+        let precedence = precedence(&policy.http_routes);
         let nets = nets.sets;
         Authorizer {
             policy,
             nets,
             port_scope,
             routes,
+            precedence,
             problems,
         }
     }
@@ -240,8 +257,9 @@ pub fn authorize<'a>(port: &'a Authorizer, client: &Client) -> Result<Permit<'a>
     }
 }
 
-/// Decides one HTTP request: the first route that matches it (in the policy's
-/// order) is checked against its own authorizations, then the port's.
+/// Decides one HTTP request: the route with the most specific match for it
+/// (see the module doc) is checked against its own authorizations, then the
+/// port's.
 pub fn authorize_request<'a>(
     port: &'a Authorizer,
     client: &Client,
@@ -251,12 +269,7 @@ pub fn authorize_request<'a>(
     if policy.http_routes.is_empty() {
         return authorize(port, client);
     }
-    let Some((compiled, route)) = port
-        .routes
-        .iter()
-        .zip(&policy.http_routes)
-        .find(|(r, _)| r.matches(request))
-    else {
+    let Some((compiled, route)) = port.route_for(request) else {
         return audit_or_deny(policy, None, DenyReason::NoRoute);
     };
     let probe = Probe::new(client);
@@ -891,9 +904,99 @@ struct CompiledRoute {
     scope: Scope,
 }
 
-impl CompiledRoute {
-    fn matches(&self, req: &HttpRequest<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+/// One (route, match) pair of the precedence order; `matched: None` is a
+/// route without matches, which matches every request.
+#[derive(Copy, Clone, Debug)]
+struct RouteRef {
+    route: usize,
+    matched: Option<usize>,
+}
+
+/// How specific a match is; greater wins. Field order is precedence order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    path: PathRank,
+    method: bool,
+    headers: usize,
+}
+
+/// Variant order is rank order (derived `Ord` compares variants first).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PathRank {
+    /// No path match (or no matches at all).
+    Any,
+    /// Regex, by pattern length (Linkerd's rule).
+    Regex(usize),
+    /// Prefix, by length without trailing `/`: `/a/` and `/a` mean the same.
+    Prefix(usize),
+    Exact(usize),
+}
+
+impl Specificity {
+    const LOWEST: Specificity = Specificity {
+        path: PathRank::Any,
+        method: false,
+        headers: 0,
+    };
+
+    fn of(m: &RouteMatch) -> Self {
+        let path = match &m.path {
+            None => PathRank::Any,
+            Some(PathMatch::Exact(p)) => PathRank::Exact(p.len()),
+            Some(PathMatch::Prefix(p)) => PathRank::Prefix(p.trim_end_matches('/').len()),
+            Some(PathMatch::Regex(p)) => PathRank::Regex(p.len()),
+        };
+        Specificity {
+            path,
+            method: m.method.is_some(),
+            headers: m.headers.len(),
+        }
+    }
+}
+
+/// Every (route, match) pair, most specific first; the sort is stable, so
+/// ties keep the policy's order.
+fn precedence(routes: &[HttpRoute]) -> Box<[RouteRef]> {
+    let mut pairs: Vec<(Specificity, RouteRef)> = Vec::new();
+    for (route, r) in routes.iter().enumerate() {
+        if r.matches.is_empty() {
+            pairs.push((
+                Specificity::LOWEST,
+                RouteRef {
+                    route,
+                    matched: None,
+                },
+            ));
+        }
+        for (i, m) in r.matches.iter().enumerate() {
+            pairs.push((
+                Specificity::of(m),
+                RouteRef {
+                    route,
+                    matched: Some(i),
+                },
+            ));
+        }
+    }
+    pairs.sort_by(|a, b| b.0.cmp(&a.0));
+    pairs.into_iter().map(|(_, r)| r).collect()
+}
+
+impl Authorizer {
+    /// The route a request takes: the first pair in precedence order whose
+    /// match matches.
+    fn route_for(&self, req: &HttpRequest<'_>) -> Option<(&CompiledRoute, &HttpRoute)> {
+        self.precedence.iter().find_map(|r| {
+            let compiled = self.routes.get(r.route)?;
+            let hit = match r.matched {
+                None => true,
+                Some(i) => compiled.matches.get(i).is_some_and(|m| m.matches(req)),
+            };
+            if !hit {
+                return None;
+            }
+            Some((compiled, self.policy.http_routes.get(r.route)?))
+        })
     }
 }
 
@@ -935,7 +1038,7 @@ impl CompiledMatch {
     fn build(
         port: u16,
         route: &HttpRoute,
-        m: &crate::model::RouteMatch,
+        m: &RouteMatch,
         problems: &mut Vec<MatchProblem>,
     ) -> Self {
         let path = m.path.as_ref().map(|p| match p {
@@ -1034,7 +1137,7 @@ impl CompiledMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ClientIdentity, HeaderMatch, PolicyConfig, Protocol, RouteMatch};
+    use crate::model::{ClientIdentity, HeaderMatch, PolicyConfig, Protocol};
     use std::collections::BTreeSet;
 
     fn route(matches: Vec<RouteMatch>) -> PortPolicy {

@@ -126,6 +126,13 @@ fn with_probes(mut policy: PortPolicy, paths: &[&str]) -> PortPolicy {
     policy
 }
 
+/// The same routes in the order Linkerd's controller sends them: the
+/// catch-all route first, the probe route second.
+fn catch_all_first(mut policy: PortPolicy) -> PortPolicy {
+    policy.http_routes.reverse();
+    policy
+}
+
 fn with_routes(mut policy: PortPolicy, routes: Vec<HttpRoute>) -> PortPolicy {
     policy.http_routes = routes;
     policy
@@ -326,6 +333,96 @@ fn rows() -> Vec<Row> {
         )
     };
 
+    // Route precedence (Gateway API): every pair lists the broader route
+    // first, so list order alone would pick the wrong one.
+    let open = |name: &str| vec![authz(name, any_net(), Authentication::Unauthenticated)];
+    let web_only = |name: &str| vec![authz(name, any_net(), identities(&[WEB]))];
+    let prefixes = || {
+        with_routes(
+            server(Vec::new()),
+            vec![
+                route(
+                    "broad",
+                    vec![path(PathMatch::Prefix("/api".into()))],
+                    open("broad-open"),
+                ),
+                route(
+                    "narrow",
+                    vec![path(PathMatch::Prefix("/api/admin/".into()))],
+                    web_only("admin-web"),
+                ),
+            ],
+        )
+    };
+    let exact_vs_prefix = || {
+        with_routes(
+            server(Vec::new()),
+            vec![
+                route(
+                    "prefix",
+                    vec![path(PathMatch::Prefix("/a/b".into()))],
+                    open("prefix-open"),
+                ),
+                route(
+                    "exact",
+                    vec![path(PathMatch::Exact("/a/b".into()))],
+                    web_only("exact-web"),
+                ),
+            ],
+        )
+    };
+    let methods = || {
+        let get = RouteMatch {
+            method: Some("GET".into()),
+            ..path(PathMatch::Prefix("/m".into()))
+        };
+        with_routes(
+            server(Vec::new()),
+            vec![
+                route(
+                    "any-method",
+                    vec![path(PathMatch::Prefix("/m".into()))],
+                    open("any-open"),
+                ),
+                route("get-only", vec![get], web_only("get-web")),
+            ],
+        )
+    };
+    let header = |name: &str| HeaderMatch {
+        name: name.into(),
+        value: HeaderValueMatch::Exact("1".into()),
+    };
+    let headers = || {
+        let with = |names: &[&str]| RouteMatch {
+            headers: names.iter().map(|n| header(n)).collect(),
+            ..path(PathMatch::Prefix("/h".into()))
+        };
+        with_routes(
+            server(Vec::new()),
+            vec![
+                route("one-header", vec![with(&["x-a"])], open("one-open")),
+                route(
+                    "two-headers",
+                    vec![with(&["x-a", "x-b"])],
+                    web_only("two-web"),
+                ),
+            ],
+        )
+    };
+    let equal = |first: &str, second: &str| {
+        let m = || RouteMatch {
+            method: Some("GET".into()),
+            ..path(PathMatch::Prefix("/e".into()))
+        };
+        with_routes(
+            server(Vec::new()),
+            vec![
+                route(first, vec![m()], open(&format!("{first}-open"))),
+                route(second, vec![m()], open(&format!("{second}-open"))),
+            ],
+        )
+    };
+
     #[rustfmt::skip]
     let rows = vec![
         // --- client.unauthenticated: true ---
@@ -403,6 +500,8 @@ fn rows() -> Vec<Row> {
         row("the catch-all route applies the port's authorizations", with_probes(default_policy(DefaultPolicy::AllUnauthenticated), &["/ready"]), plain("8.8.8.8"), get("/app"), Allow("default/all-unauthenticated", Some("default/default"))),
         row("probe routes do not open the connection level", with_probes(default_policy(DefaultPolicy::Deny), &["/ready"]), plain("8.8.8.8"), None, Deny(DefaultDeny, None)),
         row("probes on a Server without routes", with_probes(server(vec![authz("web-only", any_net(), identities(&[WEB]))]), &["/ready"]), plain("10.0.0.1"), get("/ready"), Allow("default/probe", Some("default/probe"))),
+        row("probes win when the catch-all route is listed first (as Linkerd sends it)", catch_all_first(with_probes(default_policy(DefaultPolicy::Deny), &["/ready"])), plain("8.8.8.8"), get("/ready"), Allow("default/probe", Some("default/probe"))),
+        row("with the catch-all listed first, other requests still take it", catch_all_first(with_probes(default_policy(DefaultPolicy::Deny), &["/ready"])), plain("8.8.8.8"), get("/app"), Deny(DefaultDeny, Some("default/default"))),
         row("other requests on that Server need its authorizations", with_probes(server(vec![authz("web-only", any_net(), identities(&[WEB]))]), &["/ready"]), plain("10.0.0.1"), get("/"), Deny(TlsRequired, Some("default/default"))),
         // --- HTTP routes ---
         row("a request no route matches is denied", api_routes(), mesh("10.0.0.1", WEB), get("/other"), Deny(NoRoute, None)),
@@ -414,6 +513,18 @@ fn rows() -> Vec<Row> {
         row("a regex path matches the whole path", api_routes(), plain("8.8.8.8"), Some(Req { method: "GET", path: "/t/42/x", headers: &[("x-tenant", "blue")] }), Deny(NoRoute, None)),
         row("a header match must match", api_routes(), plain("8.8.8.8"), Some(Req { method: "GET", path: "/t/42", headers: &[("x-tenant", "red")] }), Deny(NoRoute, None)),
         row("a method match must match", api_routes(), plain("8.8.8.8"), Some(Req { method: "POST", path: "/t/42", headers: &[("x-tenant", "blue")] }), Deny(NoRoute, None)),
+        // --- route precedence: the most specific match wins, not the first route ---
+        row("a longer prefix beats a shorter one listed first", prefixes(), plain("8.8.8.8"), get("/api/admin/users"), Deny(TlsRequired, Some("httproute/narrow"))),
+        row("the longer prefix's authorizations admit", prefixes(), mesh("8.8.8.8", WEB), get("/api/admin/users"), Allow("serverauthorization/admin-web", Some("httproute/narrow"))),
+        row("outside the longer prefix the shorter one applies", prefixes(), plain("8.8.8.8"), get("/api/users"), Allow("serverauthorization/broad-open", Some("httproute/broad"))),
+        row("an exact path beats an equal prefix listed first", exact_vs_prefix(), plain("8.8.8.8"), get("/a/b"), Deny(TlsRequired, Some("httproute/exact"))),
+        row("below an exact path the prefix applies", exact_vs_prefix(), plain("8.8.8.8"), get("/a/b/c"), Allow("serverauthorization/prefix-open", Some("httproute/prefix"))),
+        row("a match with a method beats one without", methods(), plain("8.8.8.8"), get("/m"), Deny(TlsRequired, Some("httproute/get-only"))),
+        row("other methods take the method-less match", methods(), plain("8.8.8.8"), post("/m"), Allow("serverauthorization/any-open", Some("httproute/any-method"))),
+        row("more header matches beat fewer", headers(), plain("8.8.8.8"), Some(Req { method: "GET", path: "/h", headers: &[("x-a", "1"), ("x-b", "1")] }), Deny(TlsRequired, Some("httproute/two-headers"))),
+        row("the fewer-header match applies when the other does not match", headers(), plain("8.8.8.8"), Some(Req { method: "GET", path: "/h", headers: &[("x-a", "1")] }), Allow("serverauthorization/one-open", Some("httproute/one-header"))),
+        row("equal specificity keeps list order", equal("alpha", "beta"), plain("8.8.8.8"), get("/e"), Allow("serverauthorization/alpha-open", Some("httproute/alpha"))),
+        row("equal specificity keeps list order, whatever the names", equal("beta", "alpha"), plain("8.8.8.8"), get("/e"), Allow("serverauthorization/beta-open", Some("httproute/beta"))),
         row("without routes, requests use the port's authorizations", exact(), mesh("10.0.0.1", WEB), get("/anything"), Allow("serverauthorization/web-only", None)),
     ];
     rows

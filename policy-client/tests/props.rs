@@ -3,8 +3,9 @@
 //! Owns three properties: network membership (cidr minus excepts) agrees with
 //! an integer reference model; `*.suffix` matching agrees with its definition;
 //! and — the key one — the indexed decision agrees with a naive scan of the
-//! policy over random policies, clients and requests, for every indexing
-//! strategy. Run with `cargo test -p portcullis-policy --test props`.
+//! policy over random policies, clients and requests (route precedence
+//! included: exact/prefix paths, methods, header counts, list-order ties), for
+//! every indexing strategy. Run with `cargo test -p portcullis-policy --test props`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use portcullis_policy::authorize::{admits, suffix_matches, DEFAULT_SCAN_THRESHOLD};
 use portcullis_policy::{
     authorize, authorize_request, Access, Authentication, Authorization, Authorizer, Client,
-    ClientIdentity, ClientTls, DenyReason, HttpRequest, HttpRoute, Meta, Network, PolicyConfig,
-    PortPolicy, Protocol, RouteMatch,
+    ClientIdentity, ClientTls, DenyReason, HeaderMatch, HeaderValueMatch, HttpRequest, HttpRoute,
+    Meta, Network, PathMatch, PolicyConfig, PortPolicy, Protocol, RouteMatch,
 };
 use proptest::prelude::*;
 
@@ -280,17 +281,48 @@ fn authorizations(max: usize) -> impl Strategy<Value = Vec<Authorization>> {
     prop::collection::vec(one, 0..max)
 }
 
+/// Paths of route matches and of requests: chosen so that exact, prefix and
+/// segment boundaries overlap in every way.
+const MATCH_PATHS: &[PathMatchKind] = &[
+    PathMatchKind::Exact("/"),
+    PathMatchKind::Exact("/a"),
+    PathMatchKind::Exact("/a/b"),
+    PathMatchKind::Prefix("/"),
+    PathMatchKind::Prefix("/a"),
+    PathMatchKind::Prefix("/a/"),
+    PathMatchKind::Prefix("/a/b"),
+];
+const REQUEST_PATHS: &[&str] = &["/", "/a", "/a/b", "/ab", "/a/c"];
+const HEADER_NAMES: &[&str] = &["x-a", "x-b"];
+
+#[derive(Copy, Clone, Debug)]
+enum PathMatchKind {
+    Exact(&'static str),
+    Prefix(&'static str),
+}
+
+fn route_match() -> impl Strategy<Value = RouteMatch> {
+    let method = prop::option::of(prop::sample::select(&["GET", "POST"][..]));
+    let path = prop::option::of(prop::sample::select(MATCH_PATHS));
+    let headers = prop::sample::subsequence(HEADER_NAMES, 0..=HEADER_NAMES.len());
+    (method, path, headers).prop_map(|(method, path, headers)| RouteMatch {
+        method: method.map(str::to_string),
+        path: path.map(|p| match p {
+            PathMatchKind::Exact(p) => PathMatch::Exact(p.to_string()),
+            PathMatchKind::Prefix(p) => PathMatch::Prefix(p.to_string()),
+        }),
+        headers: headers
+            .into_iter()
+            .map(|name| HeaderMatch {
+                name: name.to_string(),
+                value: HeaderValueMatch::Exact("1".into()),
+            })
+            .collect(),
+    })
+}
+
 fn route() -> impl Strategy<Value = HttpRoute> {
-    let matches = prop_oneof![
-        Just(Vec::new()),
-        prop::collection::vec(
-            prop::sample::select(&["GET", "POST"][..]).prop_map(|m| RouteMatch {
-                method: Some(m.to_string()),
-                ..Default::default()
-            }),
-            1..3
-        ),
-    ];
+    let matches = prop_oneof![Just(Vec::new()), prop::collection::vec(route_match(), 1..3),];
     (matches, authorizations(12), 0u32..1000).prop_map(|(matches, authorizations, id)| HttpRoute {
         meta: Meta::policy("httproute", format!("r{id}")),
         matches,
@@ -307,7 +339,7 @@ fn policy() -> impl Strategy<Value = PortPolicy> {
     let access = prop_oneof![3 => Just(Access::Enforce), 1 => Just(Access::Audit)];
     let routes = prop_oneof![
         2 => Just(Vec::new()),
-        1 => prop::collection::vec(route(), 1..4),
+        1 => prop::collection::vec(route(), 1..5),
     ];
     (server, access, authorizations(40), routes).prop_map(
         |(server, access, authorizations, http_routes)| PortPolicy {
@@ -371,20 +403,76 @@ fn is_marker(policy: &PortPolicy, a: &Authorization) -> bool {
     policy.access == Access::Audit && a.meta == Meta::default("audit")
 }
 
-/// The specification, written as plainly as possible.
-fn reference(policy: &PortPolicy, client: &Client, method: Option<&str>) -> Outcome {
-    let route = match method {
-        Some(method) if !policy.http_routes.is_empty() => {
-            match policy.http_routes.iter().find(|r| {
-                r.matches.is_empty()
-                    || r.matches
-                        .iter()
-                        .any(|m| m.method.as_deref() == Some(method))
-            }) {
-                Some(r) => Some(r),
-                None => return refused(policy, None, DenyReason::NoRoute),
+/// A request as the reference reads it.
+struct Req<'a> {
+    method: &'a str,
+    path: &'a str,
+    headers: &'a [&'a str],
+}
+
+/// Non-empty path segments: a prefix matches whole segments.
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn reference_matches(m: &RouteMatch, req: &Req<'_>) -> bool {
+    let method_ok = m.method.as_deref().is_none_or(|want| want == req.method);
+    let path_ok = match &m.path {
+        None => true,
+        Some(PathMatch::Exact(p)) => p == req.path,
+        Some(PathMatch::Prefix(p)) => segments(req.path).starts_with(&segments(p)),
+        Some(PathMatch::Regex(_)) => unreachable!("not generated"),
+    };
+    let headers_ok = m.headers.iter().all(|h| {
+        h.value == HeaderValueMatch::Exact("1".into()) && req.headers.contains(&h.name.as_str())
+    });
+    method_ok && path_ok && headers_ok
+}
+
+/// Gateway API precedence as a plain tuple: (exact?, prefix?, path length,
+/// method?, header count); greater is more specific.
+fn reference_rank(m: &RouteMatch) -> (bool, bool, usize, bool, usize) {
+    let (exact, prefix, len) = match &m.path {
+        None => (false, false, 0),
+        Some(PathMatch::Exact(p)) => (true, false, p.len()),
+        Some(PathMatch::Prefix(p)) => (false, true, p.trim_end_matches('/').len()),
+        Some(PathMatch::Regex(_)) => unreachable!("not generated"),
+    };
+    (exact, prefix, len, m.method.is_some(), m.headers.len())
+}
+
+/// The route a request takes: the most specific matching match over all
+/// routes; the first listed wins a tie. A route without matches matches
+/// everything at the lowest rank.
+fn reference_route<'p>(policy: &'p PortPolicy, req: &Req<'_>) -> Option<&'p HttpRoute> {
+    let lowest = reference_rank(&RouteMatch::default());
+    let mut best: Option<(_, &HttpRoute)> = None;
+    for route in &policy.http_routes {
+        let mut ranks: Vec<_> = route
+            .matches
+            .iter()
+            .filter(|m| reference_matches(m, req))
+            .map(reference_rank)
+            .collect();
+        if route.matches.is_empty() {
+            ranks.push(lowest);
+        }
+        for rank in ranks {
+            if best.is_none_or(|(b, _)| rank > b) {
+                best = Some((rank, route));
             }
         }
+    }
+    best.map(|(_, r)| r)
+}
+
+/// The specification, written as plainly as possible.
+fn reference(policy: &PortPolicy, client: &Client, request: Option<&Req<'_>>) -> Outcome {
+    let route = match request {
+        Some(req) if !policy.http_routes.is_empty() => match reference_route(policy, req) {
+            Some(r) => Some(r),
+            None => return refused(policy, None, DenyReason::NoRoute),
+        },
         _ => None,
     };
     let route_authzs: &[Authorization] = route.map(|r| &r.authorizations[..]).unwrap_or(&[]);
@@ -441,10 +529,16 @@ proptest! {
         policy in policy(),
         clients in prop::collection::vec(client(), 1..6),
         method in prop::sample::select(&["GET", "POST", "PUT"][..]),
+        path in prop::sample::select(REQUEST_PATHS),
+        header_names in prop::sample::subsequence(HEADER_NAMES, 0..=HEADER_NAMES.len()),
     ) {
         let method_value: http::Method = method.parse().unwrap();
-        let headers = http::HeaderMap::new();
-        let request = HttpRequest { method: &method_value, path: "/", headers: &headers };
+        let mut headers = http::HeaderMap::new();
+        for name in &header_names {
+            headers.insert(*name, http::HeaderValue::from_static("1"));
+        }
+        let request = HttpRequest { method: &method_value, path, headers: &headers };
+        let req = Req { method, path, headers: &header_names };
         for threshold in [0, 5, DEFAULT_SCAN_THRESHOLD, usize::MAX] {
             let authorizer = Authorizer::with_scan_threshold(policy.clone(), threshold);
             // Compare against the authorizer's own copy, so addresses agree.
@@ -457,8 +551,8 @@ proptest! {
                 );
                 prop_assert_eq!(
                     outcome(authorize_request(&authorizer, client, &request)),
-                    reference(p, client, Some(method)),
-                    "request {}, threshold {}, client {:?}", method, threshold, client
+                    reference(p, client, Some(&req)),
+                    "request {} {} {:?}, threshold {}, client {:?}", method, path, header_names, threshold, client
                 );
             }
         }
