@@ -479,8 +479,10 @@ impl<T: Copy + Eq + std::ops::BitAnd<Output = T>> Net<T> {
 }
 
 /// One authorization's `networks`, split by family. Same meaning as
-/// `networks.iter().any(|n| n.contains(ip))`: an `except` of the other family
-/// than its `cidr` can exclude nothing and is dropped.
+/// `networks.iter().any(|n| n.contains(ip))`: networks are read in canonical
+/// form (IPv4-mapped IPv6 nets as IPv4), and a network with an `except` of the
+/// other family than its `cidr` admits nothing (fail closed; entry points
+/// reject it).
 #[derive(Clone, Debug, Default)]
 struct NetSet {
     v4: Box<[Net<u32>]>,
@@ -493,6 +495,9 @@ impl NetSet {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for n in networks {
+            let Ok(n) = n.canonical() else {
+                continue;
+            };
             match n.net {
                 IpNet::V4(net) => v4.push(Net {
                     cidr: Cidr {

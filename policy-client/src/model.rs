@@ -233,10 +233,80 @@ impl Network {
         ]
     }
 
+    /// Whether the network admits `ip`, all read canonically (see
+    /// [`canonical_net`]). An `except` of the other address family than the
+    /// network would exclude nothing, so a network with one admits nothing:
+    /// policy entry points reject such networks ([`Network::canonical`]); a
+    /// hand-built one fails closed rather than widening access.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        self.net.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
+        let net = canonical_net(self.net);
+        net.contains(&ip)
+            && self.except.iter().all(|e| {
+                let e = canonical_net(*e);
+                same_family(&net, &e) && !e.contains(&ip)
+            })
     }
+
+    /// The network with its cidr and every `except` in canonical form
+    /// ([`canonical_net`]), as policy entry points (resource validation, the
+    /// controller's messages) store it. An `except` whose family then differs
+    /// from the cidr's is an error: it would exclude nothing, which widens
+    /// access.
+    pub fn canonical(&self) -> Result<Network, MixedFamilies> {
+        let net = canonical_net(self.net);
+        let except = self
+            .except
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                let e = canonical_net(*e);
+                if same_family(&net, &e) {
+                    Ok(e)
+                } else {
+                    Err(MixedFamilies {
+                        index,
+                        net,
+                        except: e,
+                    })
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Network { net, except })
+    }
+}
+
+/// An `except` (at `index`) of the other address family than its network,
+/// after both are read canonically: it would exclude nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("except {except} is not of the address family of cidr {net}, so it would exclude nothing")]
+pub struct MixedFamilies {
+    pub index: usize,
+    pub net: IpNet,
+    pub except: IpNet,
+}
+
+/// IPv4-mapped IPv6 networks of prefix 96 or longer (`::ffff:10.1.0.0/112`)
+/// are the IPv4 network they carry (`10.1.0.0/16`), because mapped client
+/// addresses are read as IPv4 ([`canonical_ip`]): written as IPv6 they would
+/// never match. Host bits are cleared. Every other network is returned as it is.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(|n| IpNet::V4(n.trunc()))
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as a dual-stack listener
@@ -603,6 +673,64 @@ mod tests {
         assert!(!n.contains("10.1.3.4".parse().unwrap()));
         assert!(n.contains("::ffff:10.2.3.4".parse().unwrap()));
         assert!(!n.contains("192.168.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_networks_read_as_ipv4() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            canonical_net(net("::ffff:10.1.0.0/112")),
+            net("10.1.0.0/16")
+        );
+        assert_eq!(canonical_net(net("::ffff:0:0/96")), net("0.0.0.0/0"));
+        assert_eq!(
+            canonical_net(net("::ffff:10.1.2.3/128")),
+            net("10.1.2.3/32")
+        );
+        // Host bits cleared, as everywhere else.
+        assert_eq!(canonical_net(net("::ffff:10.1.2.3/104")), net("10.0.0.0/8"));
+        // Shorter than /96 it also holds non-mapped addresses: left as IPv6.
+        assert_eq!(canonical_net(net("::ffff:0:0/95")), net("::ffff:0:0/95"));
+        assert_eq!(canonical_net(net("fd00::/8")), net("fd00::/8"));
+        assert_eq!(canonical_net(net("10.0.0.0/8")), net("10.0.0.0/8"));
+
+        let n = Network {
+            net: net("10.0.0.0/8"),
+            except: vec![net("::ffff:10.1.0.0/112")],
+        };
+        assert!(!n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(n.contains("10.2.0.1".parse().unwrap()));
+        assert_eq!(
+            n.canonical(),
+            Ok(Network {
+                net: net("10.0.0.0/8"),
+                except: vec![net("10.1.0.0/16")],
+            })
+        );
+        let mapped_cidr = Network::new(net("::ffff:10.0.0.0/104"));
+        assert!(mapped_cidr.contains("10.9.9.9".parse().unwrap()));
+        assert!(mapped_cidr.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!mapped_cidr.contains("11.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_except_of_the_other_family_is_an_error_and_admits_nothing() {
+        let n = Network {
+            net: "0.0.0.0/0".parse().unwrap(),
+            except: vec!["10.1.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        };
+        let err = n.canonical().unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.to_string().contains("would exclude nothing"), "{err}");
+        // Hand-built anyway: fail closed.
+        assert!(!n.contains("192.168.0.1".parse().unwrap()));
+        // `::/0` never held IPv4 clients, so a mapped except excludes nothing there.
+        let v6 = Network {
+            net: "::/0".parse().unwrap(),
+            except: vec!["::ffff:10.0.0.0/104".parse().unwrap()],
+        };
+        assert_eq!(v6.canonical().unwrap_err().index, 0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use crate::compile::{
     parse_opaque_ports, DEFAULT_INBOUND_POLICY_ANNOTATION, OPAQUE_PORTS_ANNOTATION,
 };
-use crate::model::{DefaultPolicy, Network, PolicyConfig, Protocol};
+use crate::model::{canonical_net, DefaultPolicy, Network, PolicyConfig, Protocol};
 use crate::resources::{
     ClientAuth, ClientSpec, MeshTlsSpec, NapSource, NetworkAuthenticationPolicy,
     NetworkAuthenticationPolicySpec, NetworkSpec, Origin, PortRef, PortSpec, ResourceError,
@@ -469,9 +469,11 @@ pub fn is_port_name(s: &str) -> bool {
 }
 
 /// A network in CIDR form, or a bare address (a /32 or /128). Host bits
-/// are cleared: `10.1.2.3/8` is `10.0.0.0/8`.
+/// are cleared: `10.1.2.3/8` is `10.0.0.0/8`; an IPv4-mapped IPv6 network
+/// (`::ffff:10.1.0.0/112`) is the IPv4 network it carries (`10.1.0.0/16`),
+/// as clients are matched ([`canonical_net`]).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    if s.contains('/') {
+    let net = if s.contains('/') {
         IpNet::from_str(s)
             .map(|n| n.trunc())
             .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8, fd00::/8)"))
@@ -479,7 +481,8 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         IpAddr::from_str(s)
             .map(IpNet::from)
             .map_err(|_| format!("{s:?} is not a CIDR or an IP address"))
-    }
+    };
+    net.map(canonical_net)
 }
 
 /// Validates one `networks[]` entry; errors carry the field relative to it
@@ -511,7 +514,18 @@ pub fn network(spec: &NetworkSpec) -> Result<Network, Vec<(String, String)>> {
             }
         };
         if let Some(net) = net {
-            if !same_family(&net, &parsed) || !net.contains(&parsed) {
+            // Compared in canonical form: a mapped IPv6 except of an IPv4
+            // cidr is fine; an except of the other family excludes nothing.
+            if !same_family(&net, &parsed) {
+                errors.push((
+                    field,
+                    format!(
+                        "{parsed} ({e}) is not of the address family of cidr {net}, so it would exclude nothing"
+                    ),
+                ));
+                continue;
+            }
+            if !net.contains(&parsed) {
                 errors.push((field, format!("{parsed} is not inside cidr {net}")));
                 continue;
             }
@@ -924,6 +938,20 @@ mod tests {
         assert_eq!(ok(n("fd00::1", &[])).net.to_string(), "fd00::1/128");
         assert_eq!(ok(n("::/0", &[])).net.to_string(), "::/0");
         assert_eq!(ok(n("10.1.2.3/8", &[])).net.to_string(), "10.0.0.0/8");
+        // IPv4-mapped IPv6 networks are the IPv4 networks they carry.
+        assert_eq!(
+            ok(n("::ffff:10.0.0.0/104", &[])).net.to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(ok(n("::ffff:10.1.2.3", &[])).net.to_string(), "10.1.2.3/32");
+        let mapped = ok(n("10.0.0.0/8", &["::ffff:10.1.0.0/112"]));
+        assert_eq!(mapped.except[0].to_string(), "10.1.0.0/16");
+        assert!(!mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(mapped.contains("10.2.0.1".parse().unwrap()));
+        let both = ok(n("::ffff:10.0.0.0/104", &["10.1.0.0/16"]));
+        assert_eq!(both.net.to_string(), "10.0.0.0/8");
+        assert!(!both.contains("10.1.0.1".parse().unwrap()));
         let with = ok(n("10.0.0.0/8", &["10.1.0.0/16", "10.2.3.4"]));
         assert_eq!(with.except.len(), 2);
         assert!(!with.contains("10.2.3.4".parse().unwrap()));
@@ -946,7 +974,21 @@ mod tests {
             ),
             (n("10.0.0.0/8", &["10.0.0.0/8"]), ".except[0]", "covers all"),
             (n("10.0.0.0/8", &["0.0.0.0/0"]), ".except[0]", "not inside"),
-            (n("10.0.0.0/8", &["fd00::/8"]), ".except[0]", "not inside"),
+            (
+                n("10.0.0.0/8", &["fd00::/8"]),
+                ".except[0]",
+                "address family",
+            ),
+            (
+                n("::/0", &["::ffff:10.1.0.0/112"]),
+                ".except[0]",
+                "exclude nothing",
+            ),
+            (
+                n("::ffff:10.0.0.0/104", &["fd00::/8"]),
+                ".except[0]",
+                "address family",
+            ),
             (
                 n("10.0.0.0/8", &["10.1.0.0/16", "nope"]),
                 ".except[1]",

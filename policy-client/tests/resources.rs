@@ -253,6 +253,17 @@ fn error_display_names_file_doc_resource_and_field() {
         ]
     );
     let _: &dyn std::error::Error = &err;
+
+    // An except of the other address family than its cidr excludes nothing:
+    // an error naming file, document, resource and field.
+    let yaml = format!(
+        "{SERVER}spec: {{podSelector: {{}}, port: 80}}\n---\n{AUTHZ}spec:\n  server: {{name: s}}\n  client:\n    unauthenticated: true\n    networks: [{{cidr: 10.0.0.0/8}}, {{cidr: '::/0', except: ['fd00::/8', '::ffff:10.1.0.0/112']}}]\n"
+    );
+    let err = Resources::from_yaml(&yaml, "nets.yaml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "nets.yaml:2 ServerAuthorization/ns/a: spec.client.networks[1].except[1]: 10.1.0.0/16 (::ffff:10.1.0.0/112) is not of the address family of cidr ::/0, so it would exclude nothing"
+    );
 }
 
 #[test]
@@ -442,7 +453,11 @@ fn server_authorization_rules() {
         ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 10.0.0.0/8, except: [11.0.0.0/8]}]}\n", &[("spec.client.networks[0].except[0]", "not inside")]),
         ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 10.0.0.0/8, except: [10.0.0.0/7]}]}\n", &[("spec.client.networks[0].except[0]", "not inside")]),
         ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 10.0.0.0/8, except: [10.0.0.0/8]}]}\n", &[("spec.client.networks[0].except[0]", "covers all")]),
-        ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 'fd00::/8', except: ['10.0.0.0/16']}]}\n", &[("spec.client.networks[0].except[0]", "not inside")]),
+        ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 'fd00::/8', except: ['10.0.0.0/16']}]}\n", &[("spec.client.networks[0].except[0]", "not of the address family of cidr fd00::/8")]),
+        // IPv4-mapped IPv6 networks are read as the IPv4 networks they carry.
+        ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: '::ffff:10.0.0.0/104', except: ['10.1.0.0/16', '::ffff:10.2.0.0/112']}]}\n", &[]),
+        ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: '::/0', except: ['::ffff:10.1.0.0/112']}]}\n", &[("spec.client.networks[0].except[0]", "would exclude nothing")]),
+        ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: '::ffff:10.0.0.0/104', except: ['fd00::/8']}]}\n", &[("spec.client.networks[0].except[0]", "not of the address family of cidr 10.0.0.0/8")]),
         ("  server: {name: s}\n  client: {unauthenticated: true, networks: [{cidr: 10.0.0.0/8, exept: [10.1.0.0/16]}]}\n", &[("spec.client.networks[0].exept", "did you mean \"except\"?")]),
     ];
     for (spec, want) in cases {
