@@ -596,6 +596,119 @@ async fn a_linkerd_server_message_is_enforced_as_sent() {
     assert!(authorize_request(&p, &plain("10.9.0.1"), &req).is_err());
 }
 
+/// The probe route as Linkerd's policy controller sends it: `GET` on each
+/// probe path, open to every client, listed after the default route.
+fn linkerd_probe_route(paths: &[&str]) -> pb::HttpRoute {
+    pb::HttpRoute {
+        metadata: Some(pb::meta::Metadata {
+            kind: Some(pb::meta::metadata::Kind::Default("probe".into())),
+        }),
+        hosts: vec![],
+        authorizations: vec![pb::Authz {
+            networks: vec![network("0.0.0.0/0", &[]), network("::/0", &[])],
+            authentication: Some(pb::Authn {
+                permit: Some(pb::authn::Permit::Unauthenticated(
+                    pb::authn::PermitUnauthenticated {},
+                )),
+            }),
+            labels: HashMap::new(),
+            metadata: Some(pb::meta::Metadata {
+                kind: Some(pb::meta::metadata::Kind::Default("probe".into())),
+            }),
+        }],
+        rules: vec![pb::http_route::Rule {
+            matches: paths
+                .iter()
+                .map(|p| pb::http_match::HttpRouteMatch {
+                    path: Some(pb::http_match::PathMatch {
+                        kind: Some(pb::http_match::path_match::Kind::Exact((*p).into())),
+                    }),
+                    headers: vec![],
+                    query_params: vec![],
+                    method: Some(http::Method::GET.into()),
+                })
+                .collect(),
+            filters: vec![],
+        }],
+    }
+}
+
+/// Linkerd's controller lists the default (catch-all) route first and the
+/// probe route second; the probe route is more specific, so kubelet probes
+/// from anywhere, in plaintext, are allowed while every other request still
+/// needs the Server's authorizations.
+#[tokio::test]
+async fn probes_are_allowed_when_the_probe_route_comes_after_the_default_route() {
+    let mut server = linkerd_server();
+    match server.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+        Some(pb::proxy_protocol::Kind::Detect(detect)) => {
+            assert_eq!(detect.http_routes.len(), 1, "the default route");
+            detect
+                .http_routes
+                .push(linkerd_probe_route(&["/ready", "/live"]));
+        }
+        other => panic!("linkerd_server() is a detect server: {other:?}"),
+    }
+    let (addr, _tx, _) = scripted(Ok(server)).await;
+    let table = table();
+    let client = PolicyClient::spawn(config(addr, &[8080]), table.clone()).unwrap();
+    assert_eq!(client.wait_for_port(8080).await, FirstPolicy::Received);
+    let p = table.get(8080);
+    assert_eq!(
+        p.http_routes
+            .iter()
+            .map(|r| r.meta.clone())
+            .collect::<Vec<_>>(),
+        [Meta::default("default"), Meta::default("probe")],
+        "sent in Linkerd's order"
+    );
+
+    let headers = http::HeaderMap::new();
+    let decide = |method: http::Method, path: &str, client: &Client| {
+        let req = HttpRequest {
+            method: &method,
+            path,
+            headers: &headers,
+        };
+        authorize_request(&p, client, &req)
+            .map(|permit| (permit.authorization.clone(), permit.route.cloned()))
+            .map_err(|d| (d.reason, d.route.cloned()))
+    };
+    // The kubelet: plaintext, from outside the Server's networks.
+    let kubelet = plain("192.168.1.1");
+    for path in ["/ready", "/live"] {
+        assert_eq!(
+            decide(http::Method::GET, path, &kubelet),
+            Ok((Meta::default("probe"), Some(Meta::default("probe")))),
+            "GET {path}"
+        );
+    }
+    // Anything else takes the default route and the Server's authorizations.
+    assert_eq!(
+        decide(http::Method::POST, "/ready", &kubelet),
+        Err((
+            DenyReason::NetworkNotAuthorized,
+            Some(Meta::default("default"))
+        ))
+    );
+    assert_eq!(
+        decide(http::Method::GET, "/api/cart", &kubelet),
+        Err((
+            DenyReason::NetworkNotAuthorized,
+            Some(Meta::default("default"))
+        ))
+    );
+    assert_eq!(
+        decide(http::Method::GET, "/api/cart", &plain("10.1.2.3")),
+        Ok((
+            Meta::policy("serverauthorization", "prometheus"),
+            Some(Meta::default("default"))
+        ))
+    );
+    // The connection level is not opened by the probe route.
+    assert!(authorize(&p, &kubelet).is_err());
+}
+
 /// A message that cannot be converted makes the port deny until a good one
 /// arrives; it never leaves the previous (or a default) policy in force.
 #[tokio::test]
@@ -622,6 +735,13 @@ async fn malformed_messages_deny_until_a_good_one_arrives() {
         (
             "bad except",
             Box::new(|s| s.authorizations[1].networks[0].except[0].prefix_len = 99),
+        ),
+        (
+            "except of the other address family (would exclude nothing)",
+            Box::new(|s| {
+                s.authorizations[1].networks[0].except =
+                    vec!["fd00::/8".parse::<ipnet::IpNet>().unwrap().into()]
+            }),
         ),
         (
             "no authentication",

@@ -368,7 +368,15 @@ impl TryFrom<pb::Network> for Network {
         let except = convert_all("except", except, |n| {
             ip_net(n).map_err(|p| InvalidServer::new("", p))
         })?;
-        Ok(Network { net, except })
+        // Stored canonical (IPv4-mapped IPv6 nets as IPv4, as clients are
+        // read); an `except` of the other family than `net` would exclude
+        // nothing, which widens access: the message is invalid.
+        Network { net, except }.canonical().map_err(|e| {
+            InvalidServer::new(
+                format!("except[{}]", e.index),
+                Problem::Network(e.to_string()),
+            )
+        })
     }
 }
 
@@ -914,7 +922,8 @@ fn grpc_route(route: &HttpRoute) -> Result<pb::GrpcRoute, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DefaultPolicy, PolicyConfig};
+    use crate::authorize::{authorize, Authorizer};
+    use crate::model::{Client, ClientTls, DefaultPolicy, PolicyConfig};
     use proptest::prelude::*;
     use prost::Message;
     use std::collections::BTreeSet;
@@ -950,20 +959,31 @@ mod tests {
         ]
     }
 
-    fn ip_net() -> impl Strategy<Value = ipnet::IpNet> {
-        prop_oneof![
-            (any::<u32>(), 0u8..=32).prop_map(|(a, p)| ipnet::Ipv4Net::new(a.into(), p)
+    fn ip_net_v4() -> impl Strategy<Value = ipnet::IpNet> {
+        (any::<u32>(), 0u8..=32).prop_map(|(a, p)| {
+            ipnet::Ipv4Net::new(a.into(), p)
                 .expect("valid prefix")
-                .into()),
-            (any::<u128>(), 0u8..=128).prop_map(|(a, p)| ipnet::Ipv6Net::new(a.into(), p)
-                .expect("valid prefix")
-                .into()),
-        ]
+                .into()
+        })
     }
 
+    /// Canonical: an IPv4-mapped net would decode as IPv4.
+    fn ip_net_v6() -> impl Strategy<Value = ipnet::IpNet> {
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, p)| ipnet::Ipv6Net::new(a.into(), p).expect("valid prefix"))
+            .prop_filter("not IPv4-mapped", |n| {
+                crate::model::canonical_net((*n).into()) == ipnet::IpNet::V6(*n)
+            })
+            .prop_map(Into::into)
+    }
+
+    /// Excepts of the cidr's family, as the compiler produces them.
     fn network() -> impl Strategy<Value = Network> {
-        (ip_net(), prop::collection::vec(ip_net(), 0..3))
-            .prop_map(|(net, except)| Network { net, except })
+        prop_oneof![
+            (ip_net_v4(), prop::collection::vec(ip_net_v4(), 0..3)),
+            (ip_net_v6(), prop::collection::vec(ip_net_v6(), 0..3)),
+        ]
+        .prop_map(|(net, except)| Network { net, except })
     }
 
     fn authentication() -> impl Strategy<Value = Authentication> {
@@ -1332,6 +1352,67 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
         }
         assert!(decode(80, ok()).is_ok());
+    }
+
+    fn pb_net(s: &str) -> pb::net::IpNetwork {
+        s.parse::<ipnet::IpNet>().unwrap().into()
+    }
+
+    /// An `except` of the other address family than its `net` (after reading
+    /// IPv4-mapped nets as IPv4) would exclude nothing: the message is
+    /// invalid, and the port denies (`invalid_policy`) until a good one.
+    #[test]
+    fn an_except_of_the_other_family_is_rejected() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("0.0.0.0/0", &["10.1.0.0/16", "fd00::/8"], "except[1]"),
+            ("::/0", &["::ffff:10.1.0.0/112"], "except[0]"),
+            ("::ffff:10.0.0.0/104", &["fd00::/8"], "except[0]"),
+        ];
+        for (net, except, field) in cases {
+            let mut s = opaque_server(vec![authz(pb::meta::metadata::Kind::Default("all".into()))]);
+            s.authorizations[0].networks = vec![pb::Network {
+                net: Some(pb_net(net)),
+                except: except.iter().map(|e| pb_net(e)).collect(),
+            }];
+            let err = decode(80, s).expect_err(net);
+            assert_eq!(
+                err.field,
+                format!("authorizations[0].networks[0].{field}"),
+                "{err}"
+            );
+            assert!(
+                matches!(&err.problem, Problem::Network(m) if m.contains("exclude nothing")),
+                "{err}"
+            );
+        }
+    }
+
+    /// IPv4-mapped IPv6 nets decode as the IPv4 nets they carry, so an
+    /// `except` written that way really excludes its IPv4 clients.
+    #[test]
+    fn mapped_networks_decode_as_ipv4_and_exclude() {
+        let mut s = opaque_server(vec![authz(pb::meta::metadata::Kind::Default("all".into()))]);
+        s.authorizations[0].networks = vec![pb::Network {
+            net: Some(pb_net("::ffff:10.0.0.0/104")),
+            except: vec![pb_net("::ffff:10.1.0.0/112")],
+        }];
+        let p = decode(80, s).unwrap();
+        assert_eq!(
+            p.authorizations[0].networks,
+            vec![Network {
+                net: "10.0.0.0/8".parse().unwrap(),
+                except: vec!["10.1.0.0/16".parse().unwrap()],
+            }]
+        );
+        let a = Authorizer::from(p);
+        let plain = |ip: &str| Client {
+            addr: ip.parse().unwrap(),
+            tls: ClientTls::None,
+        };
+        assert!(authorize(&a, &plain("10.2.0.1")).is_ok());
+        assert!(authorize(&a, &plain("::ffff:10.2.0.1")).is_ok());
+        assert!(authorize(&a, &plain("10.1.2.3")).is_err());
+        assert!(authorize(&a, &plain("::ffff:10.1.2.3")).is_err());
     }
 
     fn detect_with_route(route: pb::HttpRoute) -> pb::Server {

@@ -281,6 +281,31 @@ fn rows() -> Vec<Row> {
             Authentication::Unauthenticated,
         )])
     };
+    // Networks written as IPv4-mapped IPv6 are read as the IPv4 networks they
+    // carry, like mapped clients (hand-built: the authorizer canonicalizes).
+    let mapped_except = || {
+        server(vec![authz(
+            "pod-net",
+            net_except("10.0.0.0/8", &["::ffff:10.1.0.0/112"]),
+            Authentication::Unauthenticated,
+        )])
+    };
+    let mapped_cidr = || {
+        server(vec![authz(
+            "pod-net",
+            net_except("::ffff:10.0.0.0/104", &["10.1.0.0/16"]),
+            Authentication::Unauthenticated,
+        )])
+    };
+    // An except of the other family would exclude nothing; entry points
+    // reject it, and a hand-built one admits nothing rather than everything.
+    let mixed_families = || {
+        server(vec![authz(
+            "mixed",
+            net_except("0.0.0.0/0", &["fd00::/8"]),
+            Authentication::Unauthenticated,
+        )])
+    };
     let cluster = || {
         server(vec![authz(
             "cluster-only",
@@ -466,6 +491,13 @@ fn rows() -> Vec<Row> {
         row("a client outside the cidr is refused", pod_net(), plain("192.168.0.1"), None, Deny(NetworkNotAuthorized, None)),
         row("an IPv4-mapped IPv6 client is matched as IPv4", pod_net(), plain("::ffff:10.2.3.4"), None, Allow("serverauthorization/pod-net", None)),
         row("an IPv4-mapped IPv6 client in an except is refused", pod_net(), plain("::ffff:10.1.3.4"), None, Deny(NetworkNotAuthorized, None)),
+        row("an except written as IPv4-mapped IPv6 excludes IPv4 clients", mapped_except(), plain("10.1.3.4"), None, Deny(NetworkNotAuthorized, None)),
+        row("an except written as IPv4-mapped IPv6 excludes mapped clients", mapped_except(), plain("::ffff:10.1.3.4"), None, Deny(NetworkNotAuthorized, None)),
+        row("outside a mapped except the cidr admits", mapped_except(), plain("10.2.3.4"), None, Allow("serverauthorization/pod-net", None)),
+        row("a cidr written as IPv4-mapped IPv6 admits IPv4 clients", mapped_cidr(), plain("10.2.3.4"), None, Allow("serverauthorization/pod-net", None)),
+        row("a mapped cidr still honours its IPv4 except", mapped_cidr(), plain("10.1.3.4"), None, Deny(NetworkNotAuthorized, None)),
+        row("a network whose except is of the other family admits nothing", mixed_families(), plain("192.168.0.1"), None, Deny(NetworkNotAuthorized, None)),
+        row("... whichever family the cidr is", with_routes(server(vec![authz("mixed", net_except("::/0", &["10.0.0.0/8"]), Authentication::Unauthenticated)]), Vec::new()), plain("fd00::1"), None, Deny(NetworkNotAuthorized, None)),
         row("an identity is refused outside the networks", server(vec![authz("web-pods", nets(&["10.0.0.0/8"]), identities(&[WEB]))]), mesh("8.8.8.8", WEB), None, Deny(NetworkNotAuthorized, None)),
         row("an empty network list admits no address", server(vec![authz("nowhere", Vec::new(), Authentication::Unauthenticated)]), plain("10.0.0.1"), None, Deny(NetworkNotAuthorized, None)),
         row("without networks, the cluster networks apply (IPv4 inside)", cluster(), plain("172.16.0.9"), None, Allow("serverauthorization/cluster-only", None)),

@@ -64,6 +64,11 @@ fn v4_case() -> impl Strategy<Value = V4Case> {
 
 type V6Case = (u128, u8, Vec<(u128, u8)>, u128);
 
+/// Within `::ffff:0:0/96`, so read as an IPv4 network.
+fn is_mapped_net(net: u128, len: u8) -> bool {
+    len >= 96 && net >> 32 == 0xffff
+}
+
 fn v6_case() -> impl Strategy<Value = V6Case> {
     (any::<u128>(), 0u8..=128).prop_flat_map(|(net, len)| {
         let excepts = prop::collection::vec((near_v6(net), 0u8..=128), 0..4);
@@ -118,8 +123,45 @@ proptest! {
         prop_assert_eq!(compiled_admits(&network, mapped), (want, want));
     }
 
+    /// The same IPv4 network written with its cidr and each except either as
+    /// IPv4 or as IPv4-mapped IPv6 (`::ffff:a.b.c.d/len+96`) decides alike.
+    #[test]
+    fn mapped_networks_match_as_ipv4(
+        (net, len, excepts, ip) in v4_case(),
+        mapped_cidr in any::<bool>(),
+        mapped_excepts in prop::collection::vec(any::<bool>(), 4),
+    ) {
+        let write = |addr: u32, len: u8, mapped: bool| -> ipnet::IpNet {
+            let v4 = Ipv4Addr::from(addr);
+            if mapped {
+                format!("{}/{}", v4.to_ipv6_mapped(), len + 96).parse().unwrap()
+            } else {
+                format!("{v4}/{len}").parse().unwrap()
+            }
+        };
+        let network = Network {
+            net: write(net, len, mapped_cidr),
+            except: excepts
+                .iter()
+                .zip(&mapped_excepts)
+                .map(|((e, l), m)| write(*e, *l, *m))
+                .collect(),
+        };
+        let want = in_prefix_v4(ip, net, len)
+            && !excepts.iter().any(|(e, l)| in_prefix_v4(ip, *e, *l));
+        let v4 = IpAddr::V4(Ipv4Addr::from(ip));
+        let mapped = IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped());
+        prop_assert_eq!(network.contains(v4), want);
+        prop_assert_eq!(network.contains(mapped), want);
+        prop_assert_eq!(compiled_admits(&network, v4), (want, want));
+        prop_assert_eq!(compiled_admits(&network, mapped), (want, want));
+        prop_assert!(network.canonical().is_ok());
+    }
+
     #[test]
     fn ipv6_membership_matches_the_integer_model((net, len, excepts, ip) in v6_case()) {
+        // IPv4-mapped networks are IPv4 networks: `mapped_networks_match_as_ipv4`.
+        prop_assume!(!is_mapped_net(net, len) && !excepts.iter().any(|(e, l)| is_mapped_net(*e, *l)));
         let network = Network {
             net: format!("{}/{len}", Ipv6Addr::from(net)).parse().unwrap(),
             except: excepts
@@ -243,6 +285,11 @@ fn network_pool() -> Vec<Vec<Network>> {
         vec![Network::new(n("192.168.0.0/16"))],
         vec![Network::new(n("fd00::/8")), Network::new(n("8.8.8.8/32"))],
         vec![Network::new(n("10.1.2.3/32"))],
+        // Written as IPv4-mapped IPv6: read as 10.0.0.0/8 except 10.1.0.0/16.
+        vec![Network {
+            net: n("::ffff:10.0.0.0/104"),
+            except: vec![n("::ffff:10.1.0.0/112")],
+        }],
         Vec::new(),
     ]
 }
