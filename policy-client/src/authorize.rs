@@ -983,7 +983,7 @@ fn precedence(routes: &[HttpRoute]) -> Box<[RouteRef]> {
             ));
         }
     }
-    pairs.sort_by(|a, b| b.0.cmp(&a.0));
+    pairs.sort_by_key(|(specificity, _)| std::cmp::Reverse(*specificity));
     pairs.into_iter().map(|(_, r)| r).collect()
 }
 
