@@ -428,7 +428,9 @@ pub struct PortPolicy {
     pub authorizations: Vec<Authorization>,
     /// HTTP routes. When empty, every HTTP request is checked against
     /// `authorizations`; when not, a request must match a route and is checked
-    /// against that route's authorizations and the port's.
+    /// against that route's authorizations and the port's. When several
+    /// routes match, the one with the most specific match wins (Gateway API
+    /// precedence, see `authorize`); list order only breaks ties.
     pub http_routes: Vec<HttpRoute>,
 }
 
