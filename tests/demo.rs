@@ -6,6 +6,11 @@ use std::process::Command;
 #[test]
 fn demo_allows_and_denies_as_it_says() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A loopback address and app ports of its own, so that concurrent runs
+    // (other tests, other checkouts) cannot take its ports.
+    let pid = std::process::id();
+    let ip = format!("127.77.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
+    let ports = format!("{},{}", e2e::free_addr().port(), e2e::free_addr().port());
     let out = Command::new(cargo)
         .args([
             "run",
@@ -16,8 +21,7 @@ fn demo_allows_and_denies_as_it_says() {
             "demo",
             "--",
         ])
-        // A loopback address of its own, so parallel tests cannot take its ports.
-        .args(["--check", "--listen-ip", "127.0.0.9"])
+        .args(["--check", "--listen-ip", &ip, "--app-ports", &ports])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run the demo");

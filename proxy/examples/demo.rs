@@ -10,7 +10,9 @@
 //! and prints curl commands that show an allowed and a denied request.
 //! `--check` makes those requests itself, prints what happened, and exits 0
 //! only when every outcome is the expected one (the end-to-end test runs it).
-//! `--listen-ip IP` moves the proxy's listeners to another loopback address.
+//! `--listen-ip IP` moves the proxy's listeners to another loopback address
+//! and `--app-ports HTTP,ADMIN` moves the app (the policy follows), so that
+//! concurrent runs do not collide.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 const POLICY: &str = include_str!("../../demo/policy.yaml");
+/// The app's ports as the embedded policy declares them.
 const APP_HTTP: u16 = 18080;
 const APP_ADMIN: u16 = 19090;
 
@@ -37,6 +40,9 @@ struct Opts {
     /// Loopback address for the proxy's listeners (the app stays on 127.0.0.1)
     #[arg(long, default_value = "127.0.0.1")]
     listen_ip: IpAddr,
+    /// The app's two ports (the policy's containerPorts follow)
+    #[arg(long, value_delimiter = ',', default_values_t = [APP_HTTP, APP_ADMIN])]
+    app_ports: Vec<u16>,
 }
 
 #[tokio::main]
@@ -44,10 +50,14 @@ async fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
     let ip = opts.listen_ip;
     let (http_port, admin_port, proxy_admin) = (4180, 4190, 4191);
+    let (app_http, app_admin) = match opts.app_ports[..] {
+        [h, a] => (h, a),
+        _ => anyhow::bail!("--app-ports takes two ports: HTTP,ADMIN"),
+    };
 
     // The demo app: answers every request with what it received, including
     // the identity header the proxy sets for meshed clients.
-    for port in [APP_HTTP, APP_ADMIN] {
+    for port in [app_http, app_admin] {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(|e| anyhow::anyhow!("demo app cannot listen on 127.0.0.1:{port}: {e}"))?;
@@ -58,13 +68,22 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY)?;
+    let text = POLICY
+        .replace(
+            &format!("containerPort: {APP_HTTP}"),
+            &format!("containerPort: {app_http}"),
+        )
+        .replace(
+            &format!("containerPort: {APP_ADMIN}"),
+            &format!("containerPort: {app_admin}"),
+        );
+    std::fs::write(&policy, text)?;
 
     // The proxy, configured through the same flags as the binary.
     let args = portcullis_proxy::config::Args::try_parse_from([
         "portcullis".to_string(),
         format!("--inbound-addr={ip}:4143"),
-        format!("--map={ip}:{http_port}={APP_HTTP},{ip}:{admin_port}={APP_ADMIN}"),
+        format!("--map={ip}:{http_port}={app_http},{ip}:{admin_port}={app_admin}"),
         format!("--admin-addr={ip}:{proxy_admin}"),
         format!("--policy-file={}", policy.display()),
         "--workload=demo/backend".to_string(),
@@ -102,7 +121,7 @@ Portcullis demo is running: proxy in front of the demo app, policy {policy}
 
 Why was a request denied?
   cargo run -q -p portcullis-controller -- check --resources {policy} \
-      --workload demo/backend --port {APP_HTTP} --client-ip 127.0.0.2
+      --workload demo/backend --port {app_http} --client-ip 127.0.0.2
 
 Ctrl-C stops the demo."#,
         policy = policy.display(),

@@ -59,6 +59,9 @@ const DENIED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Most idle HTTP/1 connections kept per app port.
 const POOL_MAX_IDLE: usize = 256;
+/// How long a client connection's own app connection may take to become
+/// ready for the next request before another one is used.
+const OWN_READY_WAIT: Duration = Duration::from_millis(100);
 
 // ===== bodies
 
@@ -326,6 +329,25 @@ pub struct HttpConn {
     idle: Idle,
     requests: Counter,
     responses: Mutex<Vec<(StatusCode, bool, Counter, Histogram)>>,
+    /// The app connection this client's HTTP/1 requests go to first. A
+    /// client HTTP/1 connection carries one request at a time, so keeping
+    /// its app connection spares a pool round trip (a lock and a spawned
+    /// task to wait for readiness) per request; it goes back to the pool
+    /// when the client connection ends.
+    own_h1: Mutex<Option<client1::SendRequest<ProxyBody>>>,
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        let own = self
+            .own_h1
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(tx) = own {
+            self.upstream.checkin_h1(tx);
+        }
+    }
 }
 
 impl HttpConn {
@@ -351,6 +373,7 @@ impl HttpConn {
             },
             requests,
             responses: Mutex::new(Vec::new()),
+            own_h1: Mutex::new(None),
         })
     }
 
@@ -423,7 +446,21 @@ impl HttpConn {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let req = to_upstream(req, self.downstream, self.upstream.version, upgrade)?;
-        let mut rsp = self.upstream.send(req).await?;
+        let mut rsp = if self.downstream == HttpVersion::Http1
+            && self.upstream.version == HttpVersion::Http1
+        {
+            let own = self.own_h1.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (rsp, tx) = self.upstream.send_h1_on(own, req).await?;
+            if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Upgraded: the pool's readiness wait drops it when it ends.
+                self.upstream.checkin_h1(tx);
+            } else {
+                *self.own_h1.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            }
+            rsp
+        } else {
+            self.upstream.send(req).await?
+        };
 
         if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -532,6 +569,12 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// `Connection`, and the fixed list. `te: trailers` survives (gRPC needs it).
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these headers: one pass over the names
+    // (standard names compare as enum tags) spares the hashed removals
+    // below, which cost several thousand instructions per request.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -567,6 +610,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Whether `name` is one of the fixed hop-by-hop headers, or `Connection`
+/// (which may list more), or `TE` (kept only as `trailers`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// Rewrites a client request for the app's HTTP version: HTTP/2 requests
@@ -708,8 +764,20 @@ impl Pool {
     /// Returns a connection to the pool once its response has been read in
     /// full (HTTP/1 carries one exchange at a time).
     fn checkin_h1(self: &Arc<Self>, mut tx: client1::SendRequest<ProxyBody>) {
+        if tx.is_ready() {
+            let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push((tx, Instant::now()));
+            }
+            return;
+        }
+        // Outside a runtime (a connection dropped at shutdown) the
+        // connection is simply closed.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let pool = self.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             if tx.ready().await.is_ok() {
                 let mut idle = pool.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
                 if idle.len() < POOL_MAX_IDLE {
@@ -721,16 +789,48 @@ impl Pool {
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // A pooled connection the app closed meanwhile hands the request
-        // back unsent; it is then tried on another, or a new, connection.
-        while let Some(mut tx) = self.checkout_h1() {
-            match tx.try_send_request(req).await {
-                Ok(rsp) => {
-                    self.checkin_h1(tx);
-                    return Ok(rsp);
+        let (rsp, tx) = self.send_h1_on(None, req).await?;
+        self.checkin_h1(tx);
+        Ok(rsp)
+    }
+
+    /// Sends on `own` (a client connection's own app connection) if it is
+    /// usable, else on an idle pooled connection, else on a new one.
+    /// Returns the response and the connection, which the caller keeps or
+    /// checks in.
+    async fn send_h1_on(
+        self: &Arc<Self>,
+        mut own: Option<client1::SendRequest<ProxyBody>>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, client1::SendRequest<ProxyBody>), UpstreamError> {
+        // A connection the app closed meanwhile hands the request back
+        // unsent; it is then tried on another, or a new, connection.
+        loop {
+            let mut tx = match own.take() {
+                Some(mut tx) => {
+                    // The previous response has been read in full, but the
+                    // connection's task may not have run since: wait a
+                    // little for it, and give a stuck one to the pool.
+                    if !tx.is_ready()
+                        && !matches!(
+                            tokio::time::timeout(OWN_READY_WAIT, tx.ready()).await,
+                            Ok(Ok(()))
+                        )
+                    {
+                        self.checkin_h1(tx);
+                        continue;
+                    }
+                    tx
                 }
+                None => match self.checkout_h1() {
+                    Some(tx) => tx,
+                    None => break,
+                },
+            };
+            match tx.try_send_request(req).await {
+                Ok(rsp) => return Ok((rsp, tx)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Err(e.into_error().into()),
@@ -748,8 +848,7 @@ impl Pool {
             }
         });
         let rsp = tx.send_request(req).await?;
-        self.checkin_h1(tx);
-        Ok(rsp)
+        Ok((rsp, tx))
     }
 
     async fn send_h2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
@@ -816,5 +915,32 @@ mod tests {
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_still_sees_each_name() {
+        // Each hop-by-hop header alone must still be removed (the scan that
+        // skips the removals must not miss a custom name like keep-alive).
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "upgrade",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert(header::HOST, HeaderValue::from_static("web"));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("web"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
     }
 }
