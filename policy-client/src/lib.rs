@@ -13,6 +13,8 @@
 //! ```
 
 pub mod authorize;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod compile;
 pub mod load;

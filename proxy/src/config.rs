@@ -16,11 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ipnet::IpNet;
-use portcullis_policy::{
-    DefaultPolicy, Network, PolicyConfig, DEFAULT_CLUSTER_NETWORKS, DEFAULT_IDENTITY_DOMAIN,
-    DEFAULT_OPAQUE_PORTS, DEFAULT_TRUST_DOMAIN,
-};
+use portcullis_policy::cli::PolicyArgs;
+use portcullis_policy::PolicyConfig;
 use serde::Serialize;
 
 use crate::identity::IdentityConfig;
@@ -100,33 +97,10 @@ pub struct Args {
     )]
     pub inbound_ports: Vec<u16>,
 
-    /// Policy for ports no Server selects: all-unauthenticated, all-authenticated,
-    /// cluster-authenticated, cluster-unauthenticated, deny or audit [default: all-unauthenticated]
-    #[arg(
-        long,
-        env = "PORTCULLIS_DEFAULT_POLICY",
-        default_value = "all-unauthenticated",
-        hide_default_value = true
-    )]
-    pub default_policy: DefaultPolicy,
-
-    /// The cluster's networks, for the cluster-* default policies and authorizations without
-    /// networks [default: 10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8]
-    #[arg(long, env = "PORTCULLIS_CLUSTER_NETWORKS", value_delimiter = ',', default_value = DEFAULT_CLUSTER_NETWORKS, hide_default_value = true, value_name = "CIDR")]
-    pub cluster_networks: Vec<IpNet>,
-
-    /// Ports (or ranges A-B) handled as opaque TCP, without protocol detection, when no Server
-    /// names a protocol [default: 25,587,3306,4444,5432,6379,9300,11211]
-    #[arg(long, env = "PORTCULLIS_OPAQUE_PORTS", value_delimiter = ',', default_value = DEFAULT_OPAQUE_PORTS, hide_default_value = true, value_name = "PORT|A-B")]
-    pub opaque_ports: Vec<PortRange>,
-
-    /// Identity domain of service-account identities [default: linkerd.cluster.local]
-    #[arg(long, env = "PORTCULLIS_IDENTITY_DOMAIN", default_value = DEFAULT_IDENTITY_DOMAIN, hide_default_value = true)]
-    pub identity_domain: String,
-
-    /// SPIFFE trust domain whose IDs are unified with service accounts [default: cluster.local]
-    #[arg(long, env = "PORTCULLIS_IDENTITY_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN, hide_default_value = true)]
-    pub identity_trust_domain: String,
+    /// Policy settings shared with portcullis-controller: --default-policy,
+    /// --cluster-networks, --opaque-ports, --identity-domain, --identity-trust-domain.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// Mesh identity: the trust anchors (PEM, one or more CA certificates) that client
     /// certificates and the proxy's own chain must verify against. With --identity-cert and
@@ -284,35 +258,6 @@ impl FromStr for PortMap {
             .parse()
             .map_err(|e| format!("{s:?}: port {port:?}: {e}"))?;
         Ok(PortMap { listen, port })
-    }
-}
-
-/// One element of `--opaque-ports`: a port or an inclusive range `A-B`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parse = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|e| format!("port {p:?}: {e}"))
-        };
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (parse(a)?, parse(b)?),
-            None => {
-                let p = parse(s)?;
-                (p, p)
-            }
-        };
-        if first > last {
-            return Err(format!("port range {s:?} is empty"));
-        }
-        Ok(PortRange { first, last })
     }
 }
 
@@ -502,28 +447,13 @@ impl Args {
             1,
         )?;
 
-        let opaque_ports = self
-            .opaque_ports
-            .iter()
-            .flat_map(|r| r.first..=r.last)
-            .collect();
         Ok(Config {
             inbound_addr: self.inbound_addr,
             maps: self.maps,
             app_addr: self.app_addr,
             admin_addr: self.admin_addr,
             source,
-            policy: PolicyConfig {
-                default_policy: self.default_policy,
-                cluster_networks: self
-                    .cluster_networks
-                    .into_iter()
-                    .map(Network::new)
-                    .collect(),
-                opaque_ports,
-                identity_domain: self.identity_domain,
-                trust_domain: self.identity_trust_domain,
-            },
+            policy: self.policy.config(),
             identity: match (
                 self.identity_trust_anchors,
                 self.identity_cert,
@@ -617,7 +547,10 @@ mod tests {
             BTreeSet::from([1000, 1001, 1002, 3306])
         );
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
-        assert_eq!(c.policy.default_policy, DefaultPolicy::Deny);
+        assert_eq!(
+            c.policy.default_policy,
+            portcullis_policy::DefaultPolicy::Deny
+        );
     }
 
     #[test]
