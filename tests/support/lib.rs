@@ -53,9 +53,21 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A loopback address with a port that was free a moment ago.
+///
+/// The kernel may hand the same ephemeral port to two successive binds once
+/// the first listener is dropped, so a test asking for several addresses
+/// could get one twice: ports already handed out in this process are skipped.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local addr");
+        let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+        if !issued.contains(&addr.port()) {
+            issued.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
