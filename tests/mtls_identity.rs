@@ -8,7 +8,6 @@ mod apps;
 #[path = "support/mesh.rs"]
 mod mesh;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apps::*;
@@ -186,22 +185,7 @@ async fn tls_app(ca: &Ca, name: &str) -> App {
         .with_no_client_auth()
         .with_single_cert(vec![leaf.der.clone()], leaf.key_der())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tcp_app(move |s| {
-        let acceptor = acceptor.clone();
-        async move {
-            if let Ok(mut tls) = acceptor.accept(s).await {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = tls.read(&mut buf).await {
-                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    let _ = tls.flush().await;
-                }
-            }
-        }
-    })
-    .await
+    tls_echo_app(config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

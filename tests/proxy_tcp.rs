@@ -236,25 +236,6 @@ fn tls_configs(name: &str) -> (rustls::ServerConfig, rustls::ClientConfig) {
     (server, client)
 }
 
-async fn tls_echo_app(server: rustls::ServerConfig) -> App {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    tcp_app(move |s| {
-        let acceptor = acceptor.clone();
-        async move {
-            if let Ok(mut tls) = acceptor.accept(s).await {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = tls.read(&mut buf).await {
-                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    let _ = tls.flush().await;
-                }
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_not_for_the_proxy_passes_through_untouched() {
     let (server, client) = tls_configs("app.example");

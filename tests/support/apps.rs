@@ -58,6 +58,26 @@ where
     App { addr, conns }
 }
 
+/// An app that terminates its own TLS (not the mesh's) and echoes what it reads.
+pub async fn tls_echo_app(server: rustls::ServerConfig) -> App {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tcp_app(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(mut tls) = acceptor.accept(s).await {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let _ = tls.flush().await;
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// An app that greets first (like MySQL or SMTP), then echoes.
 pub async fn greeting_app(greeting: &'static [u8]) -> App {
     tcp_app(move |mut s| async move {
