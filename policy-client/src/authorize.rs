@@ -1131,9 +1131,9 @@ impl CompiledMatch {
             let Some(name) = &h.name else {
                 return false;
             };
-            req.headers.get_all(name).iter().any(|v| match &h.value {
-                ValueMatcher::Exact(want) => v.as_bytes() == &**want,
-                ValueMatcher::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(v.as_bytes())),
+            req.headers.any_value(name, &mut |v| match &h.value {
+                ValueMatcher::Exact(want) => v == &**want,
+                ValueMatcher::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(v)),
             })
         })
     }

@@ -609,7 +609,20 @@ pub struct HttpRequest<'a> {
     pub method: &'a http::Method,
     /// The path without the query string.
     pub path: &'a str,
-    pub headers: &'a http::HeaderMap,
+    pub headers: &'a dyn RequestHeaders,
+}
+
+/// Request headers as policy reads them: hyper's `HeaderMap`, or a parsed
+/// HTTP/1 head the proxy did not copy into one.
+pub trait RequestHeaders: std::fmt::Debug {
+    /// Whether some value of the header `name` satisfies `f`.
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
+
+impl RequestHeaders for http::HeaderMap {
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| f(v.as_bytes()))
+    }
 }
 
 /// The compiled policy of one workload (pod): what the file source publishes

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use portcullis_policy::{
     authorize, authorize_request, Authorizer, Client, ClientTls, Denied, HttpRequest, Meta, Permit,
-    PolicyTable,
+    PolicyTable, RequestHeaders,
 };
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
@@ -336,7 +336,7 @@ impl HttpAuthz {
         &self,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        headers: &dyn RequestHeaders,
     ) -> Result<(), Response<ProxyBody>> {
         let (generation, authorizer) = self.current();
         let request = HttpRequest {
@@ -358,7 +358,10 @@ impl HttpAuthz {
                     .get_or_create(&self.conn.labels.authz(denied.server, Some(&route), None))
                     .inc();
                 log_deny(&self.conn, &denied, "http", Some((method, path)));
-                Err(respond(Refusal::Unauthorized, is_grpc(headers)))
+                let grpc = headers.any_value(&header::CONTENT_TYPE, &mut |v| {
+                    v.starts_with(b"application/grpc")
+                });
+                Err(respond(Refusal::Unauthorized, grpc))
             }
         }
     }

@@ -35,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,9 @@ use tracing::{debug, info, warn};
 
 use crate::authz::{is_grpc, respond, HttpAuthz, Refusal};
 use crate::config::HttpLimits;
+use crate::detect::PrefixedIo;
 use crate::forward::{connect_app, ForwardError};
+use crate::http1;
 use crate::metrics::{Labels, Metrics};
 
 /// The header that carries a verified client identity to the app.
@@ -53,7 +56,7 @@ pub const L5D_CLIENT_ID: &str = "l5d-client-id";
 /// and time, so the connection stays usable for the next request (HTTP/1
 /// cannot skip an unread body); a bigger or slower body closes it.
 const DENIED_BODY_DRAIN: usize = 256 * 1024;
-const DENIED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
+pub(crate) const DENIED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// How long an idle pooled connection to the app is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -229,6 +232,7 @@ pub struct HttpServer {
     h1: server1::Builder,
     h2: server2::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    fast: http1::Limits,
 }
 
 /// Which HTTP version a connection (client side or app side) speaks.
@@ -255,13 +259,49 @@ impl HttpServer {
             h1,
             h2,
             idle_timeout: limits.idle_timeout,
+            fast: http1::Limits {
+                max_head: limits.http1_max_head_bytes,
+                header_read_timeout: limits.header_read_timeout,
+                idle_timeout: limits.idle_timeout,
+            },
         }
     }
 
     /// Serves one client connection until it ends, the idle timeout passes,
     /// or `drain` fires (then in-flight requests finish and the connection
-    /// closes gracefully: HTTP/2 gets GOAWAY).
+    /// closes gracefully: HTTP/2 gets GOAWAY). HTTP/1 to an HTTP/1 app
+    /// starts on the fast path (`http1.rs`) and continues here with hyper
+    /// from the first request that path hands off.
     pub async fn serve<I>(
+        &self,
+        io: I,
+        version: HttpVersion,
+        conn: Arc<HttpConn>,
+        drain: CancellationToken,
+    ) -> Result<(), ServeError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if version == HttpVersion::Http1 && conn.upstream.version == HttpVersion::Http1 {
+            match http1::serve(io, &conn, &self.fast, &drain).await {
+                http1::Served::Closed(res) => res.map_err(ServeError::Fast),
+                http1::Served::Handoff { io, buffered, why } => {
+                    debug!(client = %conn.authz.conn().peer, why, "HTTP/1 request served by hyper");
+                    conn.touch();
+                    let io = PrefixedIo::new(buffered.freeze(), io);
+                    self.serve_hyper(io, version, conn, drain)
+                        .await
+                        .map_err(ServeError::Hyper)
+                }
+            }
+        } else {
+            self.serve_hyper(io, version, conn, drain)
+                .await
+                .map_err(ServeError::Hyper)
+        }
+    }
+
+    async fn serve_hyper<I>(
         &self,
         io: I,
         version: HttpVersion,
@@ -307,6 +347,24 @@ impl HttpServer {
     }
 }
 
+/// How serving a client connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error(transparent)]
+    Fast(http1::Error),
+}
+
+impl ServeError {
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ServeError::Hyper(e) => e.is_timeout(),
+            ServeError::Fast(e) => e.is_timeout(),
+        }
+    }
+}
+
 /// What a client connection's lifetime is tied to: its `--max-connections`
 /// slot, the tracker the shutdown drain waits on, and the hard-stop signal.
 /// An upgraded (spliced) connection outlives the HTTP server of its
@@ -335,6 +393,8 @@ pub struct HttpConn {
     /// task to wait for readiness) per request; it goes back to the pool
     /// when the client connection ends.
     own_h1: Mutex<Option<client1::SendRequest<ProxyBody>>>,
+    /// The verified client identity as the `l5d-client-id` value.
+    client_id: Option<HeaderValue>,
 }
 
 impl Drop for HttpConn {
@@ -361,6 +421,12 @@ impl HttpConn {
         let requests = metrics
             .request_total
             .get_or_create_owned(&request_labels(&authz));
+        let client_id = match &authz.conn().client.tls {
+            portcullis_policy::ClientTls::Mesh { identity: Some(id) } => {
+                HeaderValue::from_str(&id.presented).ok()
+            }
+            _ => None,
+        };
         Arc::new(HttpConn {
             scope,
             authz,
@@ -374,7 +440,30 @@ impl HttpConn {
             requests,
             responses: Mutex::new(Vec::new()),
             own_h1: Mutex::new(None),
+            client_id,
         })
+    }
+
+    pub(crate) fn authz(&self) -> &HttpAuthz {
+        &self.authz
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.upstream
+    }
+
+    pub(crate) fn client_id(&self) -> Option<&HeaderValue> {
+        self.client_id.as_ref()
+    }
+
+    /// Counts a request (`request_total`).
+    pub(crate) fn request_started(&self) {
+        self.requests.inc();
+    }
+
+    /// The idle clock restarts now (hyper takes over a busy connection).
+    fn touch(&self) {
+        *self.idle.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -386,12 +475,8 @@ impl HttpConn {
         // dropped; only an identity the proxy verified is set.
         let headers = req.headers_mut();
         headers.remove(L5D_CLIENT_ID);
-        if let portcullis_policy::ClientTls::Mesh { identity: Some(id) } =
-            &self.authz.conn().client.tls
-        {
-            if let Ok(v) = HeaderValue::from_str(&id.presented) {
-                headers.insert(L5D_CLIENT_ID, v);
-            }
+        if let Some(v) = &self.client_id {
+            headers.insert(L5D_CLIENT_ID, v.clone());
         }
         let grpc = is_grpc(req.headers());
 
@@ -495,7 +580,12 @@ impl HttpConn {
         Ok(rsp)
     }
 
-    fn record_response(&self, status: StatusCode, grpc_status: Option<u32>, latency: Duration) {
+    pub(crate) fn record_response(
+        &self,
+        status: StatusCode,
+        grpc_status: Option<u32>,
+        latency: Duration,
+    ) {
         let failure = status.is_server_error() || grpc_status.is_some_and(|s| s != 0);
         let mut cache = self.responses.lock().unwrap_or_else(|p| p.into_inner());
         let entry = match cache
@@ -722,6 +812,7 @@ impl Upstreams {
                     version,
                     connect_timeout: self.connect_timeout,
                     h1_idle: Mutex::new(Vec::new()),
+                    raw_idle: Mutex::new(Vec::new()),
                     h2: tokio::sync::Mutex::new(None),
                 })
             })
@@ -737,10 +828,36 @@ pub struct Pool {
     version: HttpVersion,
     connect_timeout: Duration,
     h1_idle: Mutex<Vec<(client1::SendRequest<ProxyBody>, Instant)>>,
+    /// Idle connections of the HTTP/1 fast path (`http1.rs`), which speaks
+    /// HTTP/1 on the socket itself.
+    raw_idle: Mutex<Vec<(TcpStream, Instant)>>,
     h2: tokio::sync::Mutex<Option<client2::SendRequest<ProxyBody>>>,
 }
 
 impl Pool {
+    /// An idle fast-path connection the app has not closed, if any.
+    pub(crate) fn checkout_raw(&self) -> Option<TcpStream> {
+        let mut idle = self.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE && http1::still_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps a fast-path connection (between exchanges) for reuse.
+    pub(crate) fn checkin_raw(&self, stream: TcpStream) {
+        let mut idle = self.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    pub(crate) async fn connect_raw(&self) -> Result<TcpStream, ForwardError> {
+        connect_app(self.addr, self.connect_timeout).await
+    }
+
     async fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
@@ -878,7 +995,7 @@ impl Pool {
 }
 
 /// Logged once per connection when the client's HTTP ends badly.
-pub fn log_conn_error(peer: SocketAddr, port: u16, e: &hyper::Error) {
+pub fn log_conn_error(peer: SocketAddr, port: u16, e: &ServeError) {
     if e.is_timeout() {
         info!(client = %peer, port, "HTTP connection closed: header read timeout");
     } else {

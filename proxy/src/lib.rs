@@ -37,6 +37,7 @@ pub mod config;
 pub mod detect;
 pub mod forward;
 pub mod http;
+pub mod http1;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

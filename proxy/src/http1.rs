@@ -1,0 +1,1314 @@
+//! The HTTP/1.1 fast path: plain request/response exchanges forwarded
+//! directly between the client's socket and the app's, without hyper.
+//!
+//! A sidecar spends most of its CPU on the common HTTP/1.1 exchange (a
+//! request without or with a small body, any response), and hyper's server
+//! plus client cost about 23 k instructions per request there (see
+//! `benches/RESULTS.md`). This module parses the request head with
+//! `httparse` into a stack array, authorizes it with the same
+//! [`HttpAuthz::check`](crate::authz::HttpAuthz::check) as the hyper path,
+//! writes a rebuilt head (hop-by-hop headers and the client's
+//! `l5d-client-id` removed, the verified identity added) to a connection to
+//! the app that this client connection keeps, and copies the response back,
+//! its body framed by length, chunks (passed through verbatim, tracked by
+//! [`Chunked`]) or the app's close.
+//!
+//! Anything else is **handed off** before a byte of it is forwarded: HTTP/1.0,
+//! `CONNECT`, upgrades, `Expect`, `Transfer-Encoding` or big bodies in
+//! requests, `Connection` options other than `keep-alive`/`close`, absolute
+//! targets, heads that do not parse or exceed the limits. The caller then
+//! serves the rest of the connection with hyper (`http.rs`), starting from
+//! the buffered bytes, so the answer to an unusual request (400, 431,
+//! upgrade, 100-continue...) is hyper's, exactly as without this path.
+//!
+//! The pure parts ([`classify_request`], [`write_request_head`],
+//! [`classify_response`], [`write_response_head`], [`Chunked`]) are tested
+//! without sockets and fuzzed (`fuzz/fuzz_targets/http1.rs`). Nothing here
+//! decides policy.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode};
+use portcullis_policy::RequestHeaders;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::authz::{respond, Refusal};
+use crate::http::{HttpConn, ProxyBody};
+
+/// Most headers in a request or response head (hyper's default too).
+pub const MAX_HEADERS: usize = 100;
+/// Request bodies up to this size are read whole and sent with the head;
+/// a bigger one hands the connection to hyper, which streams it.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+/// The largest response head accepted from the app (hyper's client limit
+/// is of the same order).
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Read buffer growth step, and the copy size for response bodies.
+const READ_CHUNK: usize = 16 * 1024;
+/// While waiting for the next request, a connection holds only this much
+/// (no buffers): idle keep-alive connections must stay small.
+const IDLE_READ: usize = 512;
+
+/// How a connection left the fast path.
+#[derive(Debug)]
+pub enum Served<I> {
+    /// The connection is finished (closed by either side, idle, drained).
+    Closed(Result<(), Error>),
+    /// A request the fast path does not serve: hyper serves the connection
+    /// from here, starting with `buffered` (nothing of it was forwarded).
+    Handoff {
+        io: I,
+        buffered: BytesMut,
+        why: &'static str,
+    },
+}
+
+/// Why a fast-path connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading or writing the client connection: {0}")]
+    Client(#[source] io::Error),
+    #[error("the client sent no complete request head within the header read timeout")]
+    HeaderTimeout,
+    #[error("the client stopped sending the request body")]
+    BodyTimeout,
+    #[error("the application's response broke off: {0}")]
+    App(String),
+}
+
+impl Error {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::HeaderTimeout | Error::BodyTimeout)
+    }
+}
+
+// ===== request heads (pure)
+
+/// What the fast path keeps of a request head it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// Bytes of body that follow the head (`Content-Length`, else 0).
+    pub body: u64,
+    /// The client asked to close after the response (`Connection: close`).
+    pub close: bool,
+}
+
+/// Header names handled by name: `Connection` and the fixed hop-by-hop
+/// list (RFC 9110 §7.6.1), `TE`, and our own `l5d-client-id`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Special {
+    Connection,
+    HopByHop,
+    Te,
+    ClientId,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    Expect,
+    Other,
+}
+
+fn special(name: &str) -> Special {
+    // Compare lengths first: most names are none of these.
+    let is = |s: &str| name.len() == s.len() && name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is("te") => Special::Te,
+        6 if is("expect") => Special::Expect,
+        7 if is("upgrade") => Special::Upgrade,
+        10 if is("connection") => Special::Connection,
+        10 if is("keep-alive") => Special::HopByHop,
+        13 if is("l5d-client-id") => Special::ClientId,
+        14 if is("content-length") => Special::ContentLength,
+        16 if is("proxy-connection") => Special::HopByHop,
+        17 if is("transfer-encoding") => Special::TransferEncoding,
+        18 if is("proxy-authenticate") => Special::HopByHop,
+        19 if is("proxy-authorization") => Special::HopByHop,
+        _ => Special::Other,
+    }
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), no sign, no list.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The tokens of a `Connection` value.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Decides whether the fast path serves a parsed request head, and what it
+/// needs of it; `Err` names why hyper should serve it instead.
+pub fn classify_request(req: &httparse::Request<'_, '_>) -> Result<RequestHead, &'static str> {
+    if req.version != Some(1) {
+        return Err("not HTTP/1.1");
+    }
+    let method =
+        Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| "invalid method")?;
+    if method == Method::CONNECT {
+        return Err("CONNECT");
+    }
+    let target = req.path.unwrap_or("");
+    if !target.starts_with('/') || target.contains('#') {
+        return Err("request target not in origin form");
+    }
+    let mut head = RequestHead {
+        method,
+        body: 0,
+        close: false,
+    };
+    let mut length_seen = false;
+    for h in req.headers.iter() {
+        match special(h.name) {
+            Special::ContentLength => {
+                if length_seen {
+                    return Err("repeated content-length");
+                }
+                length_seen = true;
+                head.body = content_length(h.value).ok_or("invalid content-length")?;
+                if head.body > MAX_BUFFERED_BODY {
+                    return Err("large request body");
+                }
+            }
+            Special::TransferEncoding => return Err("transfer-encoding"),
+            Special::Upgrade => return Err("upgrade"),
+            Special::Expect => return Err("expect"),
+            Special::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        head.close = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        return Err("connection options");
+                    }
+                }
+            }
+            Special::HopByHop | Special::Te | Special::ClientId | Special::Other => {}
+        }
+    }
+    Ok(head)
+}
+
+/// Writes the head sent to the app: the request line as HTTP/1.1, the
+/// client's headers without hop-by-hop ones (`TE: trailers` survives, gRPC
+/// needs it) and without its `l5d-client-id`, then `client_id` (the
+/// verified identity) if any.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    req: &httparse::Request<'_, '_>,
+    client_id: Option<&[u8]>,
+) {
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let keep = match special(h.name) {
+            Special::Connection | Special::HopByHop | Special::ClientId => false,
+            Special::Te => h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
+            _ => true,
+        };
+        if keep {
+            header_line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if let Some(id) = client_id {
+        header_line(out, crate::http::L5D_CLIENT_ID.as_bytes(), id);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request headers as policy reads them, without copying into a
+/// `HeaderMap`. Names compare case-insensitively (HTTP/1 names are).
+#[derive(Debug)]
+pub struct Headers<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl RequestHeaders for Headers<'_, '_> {
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .any(|h| f(h.value))
+    }
+}
+
+// ===== response heads (pure)
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: `HEAD`, 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the app closes the connection.
+    Close,
+}
+
+/// What the fast path needs of a response head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub framing: Framing,
+    /// The app's connection cannot carry another request afterwards.
+    pub app_close: bool,
+    pub grpc_status: Option<u32>,
+}
+
+/// Reads a response head from the app. `Err` is a response the proxy cannot
+/// forward safely (the client then gets a 502).
+pub fn classify_response(
+    rsp: &httparse::Response<'_, '_>,
+    head_request: bool,
+) -> Result<ResponseHead, &'static str> {
+    let status = rsp.code.ok_or("no status")?;
+    if status == 101 {
+        return Err("101 to a request that did not ask to upgrade");
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut head = ResponseHead {
+        status,
+        framing: Framing::Empty,
+        // HTTP/1.0 connections close unless asked otherwise; never reuse.
+        app_close: rsp.version != Some(1),
+        grpc_status: None,
+    };
+    for h in rsp.headers.iter() {
+        match special(h.name) {
+            Special::ContentLength => {
+                let n = content_length(h.value).ok_or("invalid content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length");
+                }
+                length = Some(n);
+            }
+            Special::TransferEncoding => {
+                // The final coding decides (RFC 9112 §6.3, rule 4).
+                chunked = Some(
+                    tokens(h.value)
+                        .last()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+                );
+            }
+            Special::Connection if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) => {
+                head.app_close = true;
+            }
+            Special::Other if h.name.eq_ignore_ascii_case("grpc-status") => {
+                head.grpc_status = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            _ => {}
+        }
+    }
+    head.framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    if head.framing == Framing::Close {
+        head.app_close = true;
+    }
+    Ok(head)
+}
+
+/// Writes the head sent to the client: the status line as HTTP/1.1, the
+/// app's headers without hop-by-hop ones (including those the app's
+/// `Connection` lists), and `connection: close` when the proxy closes the
+/// client connection after this response. `Transfer-Encoding` stays when
+/// chunks are passed through; a `Content-Length` beside it is dropped
+/// (RFC 9112 §6.3: the encoding wins).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    rsp: &httparse::Response<'_, '_>,
+    framing: Framing,
+    close_client: bool,
+) {
+    let status = rsp.code.unwrap_or(502);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(rsp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let listed = |name: &str| {
+        rsp.headers
+            .iter()
+            .filter(|h| special(h.name) == Special::Connection)
+            .flat_map(|h| tokens(h.value))
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let any_connection = rsp
+        .headers
+        .iter()
+        .any(|h| special(h.name) == Special::Connection);
+    for h in rsp.headers.iter() {
+        let keep = match special(h.name) {
+            Special::Connection | Special::HopByHop | Special::Te | Special::Upgrade => false,
+            Special::TransferEncoding => framing == Framing::Chunked,
+            Special::ContentLength => framing != Framing::Chunked,
+            _ => !(any_connection && listed(h.name)),
+        };
+        if keep {
+            header_line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa3(n: u16) -> [u8; 3] {
+    let n = n.min(999);
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+/// A response the proxy makes itself (403, 502), as HTTP/1.1 bytes.
+pub fn write_own_response(out: &mut Vec<u8>, rsp: &Response<ProxyBody>, close_client: bool) {
+    let status = rsp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in rsp.headers() {
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !rsp.headers().contains_key(http::header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+// ===== chunked bodies (pure)
+
+/// Tracks a chunked body (RFC 9112 §7.1) passing through unchanged, to
+/// find where it ends. Strict like hyper: CRLF line ends, hex sizes up to
+/// 2^60, no newline inside chunk extensions, bounded extensions and
+/// trailers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    /// Bytes of extension or trailer seen (bounded).
+    extra: usize,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    SizeStart,
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Chunk extensions and trailers together may take this much per body.
+const MAX_CHUNK_EXTRA: usize = 16 * 1024;
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes the body bytes at the start of `data`; returns how many
+    /// belong to the body (all of `data` unless the body ended inside it).
+    pub fn advance(&mut self, data: &[u8]) -> Result<usize, &'static str> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() && self.state != Done {
+            let b = data[i];
+            match self.state {
+                SizeStart | Size => match hex(b) {
+                    Some(d) => {
+                        if self.size >> 60 != 0 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size << 4 | u64::from(d);
+                        self.state = Size;
+                    }
+                    None if self.state == SizeStart => return Err("missing chunk size"),
+                    None => self.state = self.after_size(b)?,
+                },
+                SizeLws => self.state = self.after_size(b)?,
+                Extension => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' => return Err("newline in chunk extension"),
+                    _ => self.count_extra()?,
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err("chunk size line not ended by CRLF");
+                    }
+                    self.state = if self.size == 0 { TrailerStart } else { Data };
+                }
+                Data => {
+                    let take =
+                        (data.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    self.state = SizeStart;
+                }
+                TrailerStart => {
+                    self.state = if b == b'\r' { EndLf } else { Trailer };
+                    self.count_extra()?;
+                }
+                Trailer => {
+                    match b {
+                        b'\r' => self.state = TrailerLf,
+                        b'\n' => return Err("trailer line not ended by CRLF"),
+                        _ => {}
+                    }
+                    self.count_extra()?;
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err("trailer line not ended by CRLF");
+                    }
+                    self.state = TrailerStart;
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err("chunked body not ended by CRLF");
+                    }
+                    self.state = Done;
+                }
+                Done => {}
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    fn after_size(&mut self, b: u8) -> Result<ChunkState, &'static str> {
+        match b {
+            b' ' | b'\t' => Ok(ChunkState::SizeLws),
+            b';' => Ok(ChunkState::Extension),
+            b'\r' => Ok(ChunkState::SizeLf),
+            _ => Err("invalid chunk size line"),
+        }
+    }
+
+    fn count_extra(&mut self) -> Result<(), &'static str> {
+        self.extra += 1;
+        if self.extra > MAX_CHUNK_EXTRA {
+            return Err("chunk extensions or trailers too long");
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+// ===== the connection
+
+/// The limits that apply to the fast path (from `--http1-max-head-bytes`,
+/// `--http-header-read-timeout`, `--http-idle-timeout`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_head: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What to do with one parsed request, decided without awaiting.
+enum Step {
+    Handoff(&'static str),
+    /// Answered by the proxy (a denial): `out` holds the response; the
+    /// request's body is skipped.
+    Answer {
+        head_len: usize,
+        body: u64,
+        close: bool,
+    },
+    /// Sent to the app: `out` holds the rebuilt head.
+    Forward {
+        head_len: usize,
+        request: RequestHead,
+        start: Instant,
+    },
+}
+
+/// Why sending a request to the app failed: nothing came back, so an
+/// idempotent request may be sent again on a new connection.
+enum AppFailure {
+    Retryable(String),
+}
+
+/// Serves HTTP/1.1 requests of one client connection until it ends or a
+/// request needs hyper.
+pub async fn serve<I>(
+    io: I,
+    conn: &Arc<HttpConn>,
+    limits: &Limits,
+    drain: &CancellationToken,
+) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut s = Session {
+        io,
+        buf: BytesMut::new(),
+        app: None,
+        conn,
+        limits,
+    };
+    let res = s.run(drain).await;
+    if let Some(app) = s.app.take() {
+        conn.pool().checkin_raw(app);
+    }
+    match res {
+        Ok(None) => Served::Closed(Ok(())),
+        Ok(Some(why)) => Served::Handoff {
+            io: s.io,
+            buffered: s.buf,
+            why,
+        },
+        Err(e) => Served::Closed(Err(e)),
+    }
+}
+
+struct Session<'a, I> {
+    io: I,
+    /// Client bytes not yet consumed: the current request head first.
+    buf: BytesMut,
+    /// This client connection's own connection to the app.
+    app: Option<TcpStream>,
+    conn: &'a Arc<HttpConn>,
+    limits: &'a Limits,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
+    /// `Ok(Some(why))`: hand off; `Ok(None)`: closed cleanly.
+    async fn run(&mut self, drain: &CancellationToken) -> Result<Option<&'static str>, Error> {
+        let mut out = Vec::new();
+        loop {
+            // read a head (waiting idle first when nothing is buffered)
+            if self.buf.is_empty() && !self.wait_request(drain).await? {
+                return Ok(None);
+            }
+            let head_deadline = Instant::now() + self.limits.header_read_timeout;
+            let step = loop {
+                out.clear();
+                if let Some(step) = self.prepare(&mut out) {
+                    break step;
+                }
+                if self.buf.len() > self.limits.max_head {
+                    return Ok(Some("request head over the limit"));
+                }
+                if self
+                    .read_client(head_deadline, Error::HeaderTimeout)
+                    .await?
+                    == 0
+                {
+                    // The client closed within a head: nothing to answer.
+                    return Ok(None);
+                }
+            };
+            // authorize happened in prepare; now body, forward, respond
+            let close = match step {
+                Step::Handoff(why) => return Ok(Some(why)),
+                Step::Answer {
+                    head_len,
+                    body,
+                    close,
+                } => {
+                    let complete = self.skip_body(head_len, body).await;
+                    self.write_client(&out).await?;
+                    !complete || close
+                }
+                Step::Forward {
+                    head_len,
+                    request,
+                    start,
+                } => {
+                    self.take_body(head_len, request.body, &mut out).await?;
+                    self.exchange(&request, start, &mut out, drain).await?
+                }
+            };
+            if close || drain.is_cancelled() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for the first bytes of the next request, holding no buffer
+    /// meanwhile. `false`: the client closed, went idle too long, or the
+    /// proxy is draining.
+    async fn wait_request(&mut self, drain: &CancellationToken) -> Result<bool, Error> {
+        self.buf = BytesMut::new();
+        let mut first = [0u8; IDLE_READ];
+        let n = tokio::select! {
+            biased;
+            r = self.io.read(&mut first) => r.map_err(Error::Client)?,
+            _ = tokio::time::sleep(self.limits.idle_timeout) => {
+                debug!(client = %self.conn.authz().conn().peer, "closing idle HTTP connection");
+                return Ok(false);
+            }
+            _ = drain.cancelled() => return Ok(false),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.buf.reserve(READ_CHUNK);
+        self.buf.extend_from_slice(&first[..n]);
+        Ok(true)
+    }
+
+    /// Reads more client bytes before `deadline`; 0 at end of stream.
+    async fn read_client(&mut self, deadline: Instant, late: Error) -> Result<usize, Error> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+            Ok(r) => r.map_err(Error::Client),
+            Err(_) => Err(late),
+        }
+    }
+
+    async fn write_client(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.io.write_all(data).await.map_err(Error::Client)?;
+        self.io.flush().await.map_err(Error::Client)
+    }
+
+    /// Parses the buffered head, decides, and writes what to send into
+    /// `out`: the rebuilt head for the app, or the proxy's own answer.
+    /// `None` while the head is incomplete.
+    fn prepare(&mut self, out: &mut Vec<u8>) -> Option<Step> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => return Some(Step::Handoff("request head does not parse")),
+        };
+        if head_len > self.limits.max_head {
+            return Some(Step::Handoff("request head over the limit"));
+        }
+        let request = match classify_request(&req) {
+            Ok(r) => r,
+            Err(why) => return Some(Step::Handoff(why)),
+        };
+        let start = Instant::now();
+        self.conn.request_started();
+        let path = req.path.unwrap_or("/");
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let headers = Headers(req.headers);
+        Some(
+            match self.conn.authz().check(&request.method, path, &headers) {
+                Err(denied) => {
+                    // Bodies here are small (MAX_BUFFERED_BODY), so they are
+                    // read and skipped, and the connection stays usable.
+                    write_own_response(out, &denied, request.close);
+                    self.conn
+                        .record_response(denied.status(), None, start.elapsed());
+                    Step::Answer {
+                        head_len,
+                        body: request.body,
+                        close: request.close,
+                    }
+                }
+                Ok(()) => {
+                    write_request_head(out, &req, self.conn.client_id().map(|v| v.as_bytes()));
+                    Step::Forward {
+                        head_len,
+                        request,
+                        start,
+                    }
+                }
+            },
+        )
+    }
+
+    /// Reads the body after the head into `out` and consumes both.
+    async fn take_body(
+        &mut self,
+        head_len: usize,
+        body: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let end = head_len + body as usize;
+        while self.buf.len() < end {
+            let deadline = Instant::now() + self.limits.idle_timeout;
+            if self.read_client(deadline, Error::BodyTimeout).await? == 0 {
+                return Err(Error::Client(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        out.extend_from_slice(&self.buf[head_len..end]);
+        self.buf.advance(end);
+        Ok(())
+    }
+
+    /// Consumes a refused request's body; `false` if it did not arrive in
+    /// time (the connection is then closed after the answer).
+    async fn skip_body(&mut self, head_len: usize, body: u64) -> bool {
+        let end = head_len + body as usize;
+        let deadline = Instant::now() + crate::http::DENIED_BODY_DRAIN_TIME;
+        while self.buf.len() < end {
+            if !matches!(self.read_client(deadline, Error::BodyTimeout).await, Ok(n) if n > 0) {
+                self.buf.clear();
+                return false;
+            }
+        }
+        self.buf.advance(end);
+        true
+    }
+
+    /// Sends the request in `out` to the app and copies the response to the
+    /// client. Returns whether the client connection closes afterwards.
+    async fn exchange(
+        &mut self,
+        request: &RequestHead,
+        start: Instant,
+        out: &mut Vec<u8>,
+        drain: &CancellationToken,
+    ) -> Result<bool, Error> {
+        let retryable = request.method.is_idempotent();
+        let head_request = request.method == Method::HEAD;
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut attempt = 0;
+        let mut app = loop {
+            attempt += 1;
+            let (app, reused) = match self.app_connection().await {
+                Ok(c) => c,
+                Err(e) => return self.app_failed(e, request, start).await,
+            };
+            match send_and_read_head(app, out, &mut rbuf).await {
+                Ok(app) => break app,
+                Err(AppFailure::Retryable(e)) if reused && retryable && attempt == 1 => {
+                    debug!(error = %e, "the application closed an idle connection; retrying on a new one");
+                    rbuf.clear();
+                }
+                Err(AppFailure::Retryable(e)) => return self.app_failed(e, request, start).await,
+            }
+        };
+        // forward interim (1xx) heads, then the final head and its body
+        loop {
+            out.clear();
+            let parsed = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut rsp = httparse::Response::new(&mut headers);
+                match rsp.parse(&rbuf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        match classify_response(&rsp, head_request) {
+                            Ok(head) => {
+                                let interim = (100..200).contains(&head.status);
+                                let close = !interim
+                                    && (request.close
+                                        || head.framing == Framing::Close
+                                        || drain.is_cancelled());
+                                write_response_head(out, &rsp, head.framing, close);
+                                Ok(Some((n, head, close)))
+                            }
+                            Err(why) => Err(why.to_string()),
+                        }
+                    }
+                    Ok(httparse::Status::Partial) if rbuf.len() > MAX_RESPONSE_HEAD => {
+                        Err("response head too large".to_string())
+                    }
+                    Ok(httparse::Status::Partial) => Ok(None),
+                    Err(e) => Err(format!("invalid response head: {e}")),
+                }
+            };
+            let (head_len, head, close) = match parsed {
+                Ok(Some(p)) => p,
+                Ok(None) => match read_more(&mut app, &mut rbuf).await {
+                    Ok(0) => {
+                        return self
+                            .app_failed(
+                                "the application closed the connection within a response head"
+                                    .into(),
+                                request,
+                                start,
+                            )
+                            .await
+                    }
+                    Ok(_) => continue,
+                    Err(e) => return self.app_failed(e.to_string(), request, start).await,
+                },
+                Err(e) => return self.app_failed(e, request, start).await,
+            };
+            rbuf.advance(head_len);
+            if (100..200).contains(&head.status) {
+                self.write_client(out).await?;
+                continue;
+            }
+            let latency = start.elapsed();
+            let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = self.copy_body(&mut app, &mut rbuf, head.framing, out).await;
+            self.conn.record_response(status, head.grpc_status, latency);
+            body?;
+            if !head.app_close && rbuf.is_empty() {
+                self.app = Some(app);
+            }
+            return Ok(close);
+        }
+    }
+
+    /// The connection for the next request: this client's own, a pooled
+    /// one, or a new one. `true` if it carried requests before.
+    async fn app_connection(&mut self) -> Result<(TcpStream, bool), String> {
+        if let Some(app) = self.app.take() {
+            if still_open(&app) {
+                return Ok((app, true));
+            }
+        }
+        let pool = self.conn.pool();
+        if let Some(app) = pool.checkout_raw() {
+            return Ok((app, true));
+        }
+        pool.connect_raw()
+            .await
+            .map(|a| (a, false))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Answers 502 when the app could not be asked or gave no usable
+    /// response head; the client connection stays usable.
+    async fn app_failed(
+        &mut self,
+        error: String,
+        request: &RequestHead,
+        start: Instant,
+    ) -> Result<bool, Error> {
+        let conn = self.conn.authz().conn();
+        warn!(port = conn.port, client = %conn.peer, error = %error, "request to the application failed");
+        let rsp = respond(Refusal::AppUnavailable, false);
+        let mut out = Vec::with_capacity(128);
+        write_own_response(&mut out, &rsp, request.close);
+        self.conn
+            .record_response(rsp.status(), None, start.elapsed());
+        self.write_client(&out).await?;
+        Ok(request.close)
+    }
+
+    /// Copies the response: `out` (the head) with the body bytes already
+    /// read, then the rest as framed.
+    async fn copy_body(
+        &mut self,
+        app: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        framing: Framing,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let mut remaining = match framing {
+            Framing::Empty => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked | Framing::Close => u64::MAX,
+        };
+        let mut chunked = Chunked::default();
+        // The head and what came with it go out in one write.
+        let mut first = true;
+        loop {
+            let take = match framing {
+                Framing::Chunked => chunked.advance(rbuf).map_err(|e| Error::App(e.into()))?,
+                _ => rbuf
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
+            };
+            if first {
+                out.extend_from_slice(&rbuf[..take]);
+                self.io.write_all(out).await.map_err(Error::Client)?;
+                first = false;
+            } else if take > 0 {
+                self.io
+                    .write_all(&rbuf[..take])
+                    .await
+                    .map_err(Error::Client)?;
+            }
+            rbuf.advance(take);
+            if framing != Framing::Chunked && framing != Framing::Close {
+                remaining -= take as u64;
+            }
+            let done = match framing {
+                Framing::Chunked => chunked.is_done(),
+                Framing::Close => false,
+                _ => remaining == 0,
+            };
+            if done {
+                break;
+            }
+            if !rbuf.is_empty() {
+                continue;
+            }
+            rbuf.reserve(READ_CHUNK);
+            let n = app
+                .read_buf(rbuf)
+                .await
+                .map_err(|e| Error::App(e.to_string()))?;
+            if n == 0 {
+                if framing == Framing::Close {
+                    break;
+                }
+                return Err(Error::App(
+                    "the application closed the connection within a response body".into(),
+                ));
+            }
+        }
+        self.io.flush().await.map_err(Error::Client)
+    }
+}
+
+/// Whether an idle connection to the app is still open: a closed one has
+/// reported readable (EOF), so this costs no system call while it is open.
+pub(crate) fn still_open(app: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(app.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Writes the request and reads the first bytes of the response. A failure
+/// before any byte came back is [`AppFailure::Retryable`].
+async fn send_and_read_head(
+    mut app: TcpStream,
+    out: &[u8],
+    rbuf: &mut BytesMut,
+) -> Result<TcpStream, AppFailure> {
+    if let Err(e) = app.write_all(out).await {
+        return Err(AppFailure::Retryable(format!("writing the request: {e}")));
+    }
+    match read_more(&mut app, rbuf).await {
+        Ok(0) => Err(AppFailure::Retryable(
+            "the application closed the connection".into(),
+        )),
+        Ok(_) => Ok(app),
+        Err(e) => Err(AppFailure::Retryable(e.to_string())),
+    }
+}
+
+async fn read_more(app: &mut TcpStream, rbuf: &mut BytesMut) -> io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() < 1024 {
+        rbuf.reserve(READ_CHUNK);
+    }
+    app.read_buf(rbuf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_req<'h, 'b>(
+        raw: &'b [u8],
+        headers: &'h mut [httparse::Header<'b>],
+    ) -> httparse::Request<'h, 'b> {
+        let mut req = httparse::Request::new(headers);
+        assert!(req.parse(raw).unwrap().is_complete(), "{raw:?}");
+        req
+    }
+
+    fn classify(raw: &str) -> Result<RequestHead, &'static str> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        classify_request(&parse_req(raw.as_bytes(), &mut h))
+    }
+
+    #[test]
+    fn requests_the_fast_path_serves() {
+        let get = classify("GET /a?b=1 HTTP/1.1\r\nHost: web\r\n\r\n").unwrap();
+        assert_eq!((get.method, get.body, get.close), (Method::GET, 0, false));
+        let post = classify("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n").unwrap();
+        assert_eq!(post.body, 10);
+        let close = classify("GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n").unwrap();
+        assert!(close.close);
+        assert!(
+            !classify("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .close
+        );
+    }
+
+    #[test]
+    fn requests_handed_to_hyper() {
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BUFFERED_BODY + 1
+        );
+        for raw in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "CONNECT web:443 HTTP/1.1\r\n\r\n",
+            "GET http://web/ HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "GET /a#frag HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close, x-secret\r\nx-secret: 1\r\n\r\n",
+            &big,
+        ] {
+            assert!(classify(raw).is_err(), "{raw:?} should be handed off");
+        }
+    }
+
+    fn rebuilt(raw: &str, id: Option<&str>) -> String {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = parse_req(raw.as_bytes(), &mut h);
+        let mut out = Vec::new();
+        write_request_head(&mut out, &req, id.map(str::as_bytes));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_heads_lose_hop_by_hop_headers_and_spoofed_identities() {
+        let raw = "GET /p?q HTTP/1.1\r\nHost: web\r\nL5D-Client-Id: admin.evil\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nProxy-Authorization: secret\r\nTE: gzip\r\nAccept: */*\r\n\r\n";
+        assert_eq!(
+            rebuilt(raw, Some("web.ns.serviceaccount.identity.linkerd.cluster.local")),
+            "GET /p?q HTTP/1.1\r\nHost: web\r\nAccept: */*\r\nl5d-client-id: web.ns.serviceaccount.identity.linkerd.cluster.local\r\n\r\n"
+        );
+        assert_eq!(
+            rebuilt(
+                "POST /g HTTP/1.1\r\nte: trailers\r\ncontent-length: 3\r\n\r\n",
+                None
+            ),
+            "POST /g HTTP/1.1\r\nte: trailers\r\ncontent-length: 3\r\n\r\n"
+        );
+        // Bare LF line ends from the client become CRLF.
+        assert_eq!(
+            rebuilt("GET / HTTP/1.1\nHost: a\n\n", None),
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+    }
+
+    fn response(raw: &str, head_request: bool) -> Result<ResponseHead, &'static str> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut rsp = httparse::Response::new(&mut h);
+        assert!(rsp.parse(raw.as_bytes()).unwrap().is_complete(), "{raw:?}");
+        classify_response(&rsp, head_request)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc9112() {
+        let f = |raw: &str, head: bool| response(raw, head).map(|r| r.framing);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            f("HTTP/1.1 204 No Content\r\n\r\n", false),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            f("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            Ok(Framing::Close)
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", false), Ok(Framing::Close));
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Length(5))
+        );
+        assert!(f(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(f("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
+        assert!(f("HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn app_connections_are_reused_only_when_the_app_keeps_them() {
+        let close = |raw: &str| response(raw, false).unwrap().app_close;
+        assert!(!close("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(close(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(close("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(close("HTTP/1.1 200 OK\r\n\r\n"), "close-delimited");
+        let grpc = response(
+            "HTTP/1.1 200 OK\r\ngrpc-status: 7\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(grpc.grpc_status, Some(7));
+    }
+
+    fn rebuilt_response(raw: &str, framing: Framing, close: bool) -> String {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut rsp = httparse::Response::new(&mut h);
+        assert!(rsp.parse(raw.as_bytes()).unwrap().is_complete());
+        let mut out = Vec::new();
+        write_response_head(&mut out, &rsp, framing, close);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn response_heads_lose_hop_by_hop_headers() {
+        let raw = "HTTP/1.0 200 Fine\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: h2\r\nContent-Length: 2\r\nServer: app\r\n\r\n";
+        assert_eq!(
+            rebuilt_response(raw, Framing::Length(2), false),
+            "HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nServer: app\r\n\r\n"
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
+        assert_eq!(
+            rebuilt_response(chunked, Framing::Chunked, true),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn own_responses_carry_the_proxy_error() {
+        let mut out = Vec::new();
+        write_own_response(&mut out, &respond(Refusal::Unauthorized, false), false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 403 Forbidden\r\nl5d-proxy-error: unauthorized request on route\r\ncontent-length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_own_response(&mut out, &respond(Refusal::AppUnavailable, false), true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+        assert!(text.ends_with("connection: close\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn policy_reads_parsed_headers_case_insensitively() {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = parse_req(
+            b"GET / HTTP/1.1\r\nX-Tenant: a\r\nx-tenant: b\r\n\r\n",
+            &mut h,
+        );
+        let headers = Headers(req.headers);
+        let name = http::HeaderName::from_static("x-tenant");
+        assert!(headers.any_value(&name, &mut |v| v == b"b"));
+        assert!(!headers.any_value(&name, &mut |v| v == b"c"));
+    }
+
+    const BODY: &[u8] =
+        b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_at_every_split() {
+        let mut data = BODY.to_vec();
+        data.extend_from_slice(b"HTTP/1.1 200 OK\r\n"); // the next response
+        for split in 0..=BODY.len() {
+            let mut c = Chunked::default();
+            let a = c.advance(&data[..split]).unwrap();
+            assert_eq!(a, split);
+            assert!(!c.is_done() || split == BODY.len());
+            let b = c.advance(&data[split..]).unwrap();
+            assert_eq!(a + b, BODY.len(), "split at {split}");
+            assert!(c.is_done());
+        }
+        // Byte by byte.
+        let mut c = Chunked::default();
+        let n: usize = BODY.chunks(1).map(|b| c.advance(b).unwrap()).sum();
+        assert_eq!(n, BODY.len());
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5;ext\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"g\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\nx-trailer: 1\n\r\n",
+            b"0\r\n\rX",
+        ] {
+            assert!(Chunked::default().advance(bad).is_err(), "{bad:?}");
+        }
+        let long_ext = [b"1;".as_slice(), &[b'x'; MAX_CHUNK_EXTRA + 1]].concat();
+        assert!(Chunked::default().advance(&long_ext).is_err());
+    }
+}
