@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -233,6 +233,9 @@ pub struct HttpServer {
     h2: server2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     fast: http1::Limits,
+    /// Set (before `drain` is cancelled) by [`HttpServer::start_drain`]: a
+    /// load per request where the token would take a lock.
+    draining: Arc<AtomicBool>,
 }
 
 /// Which HTTP version a connection (client side or app side) speaks.
@@ -264,7 +267,15 @@ impl HttpServer {
                 header_read_timeout: limits.header_read_timeout,
                 idle_timeout: limits.idle_timeout,
             },
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Tells HTTP connections to finish their requests and close: sets the
+    /// flag the fast path reads, then cancels `drain` (which wakes them).
+    pub fn start_drain(&self, drain: &CancellationToken) {
+        self.draining.store(true, Ordering::SeqCst);
+        drain.cancel();
     }
 
     /// Serves one client connection until it ends, the idle timeout passes,
@@ -283,7 +294,7 @@ impl HttpServer {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if version == HttpVersion::Http1 && conn.upstream.version == HttpVersion::Http1 {
-            match http1::serve(io, &conn, &self.fast, &drain).await {
+            match http1::serve(io, &conn, &self.fast, &drain, &self.draining).await {
                 http1::Served::Closed(res) => res.map_err(ServeError::Fast),
                 http1::Served::Handoff { io, buffered, why } => {
                     debug!(client = %conn.authz.conn().peer, why, "HTTP/1 request served by hyper");

@@ -26,8 +26,13 @@
 //! without sockets and fuzzed (`fuzz/fuzz_targets/http1.rs`). Nothing here
 //! decides policy.
 
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -35,8 +40,8 @@ use http::{Method, Response, StatusCode};
 use portcullis_policy::RequestHeaders;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, warn};
 
 use crate::authz::{respond, Refusal};
@@ -117,7 +122,14 @@ enum Special {
 }
 
 fn special(name: &str) -> Special {
-    // Compare lengths first: most names are none of these.
+    // Most names are none of these: the first letter and the length rule
+    // them out before any comparison.
+    if !matches!(
+        name.as_bytes().first().map(|b| b | 0x20),
+        Some(b't' | b'e' | b'u' | b'c' | b'k' | b'l' | b'p')
+    ) {
+        return Special::Other;
+    }
     let is = |s: &str| name.len() == s.len() && name.eq_ignore_ascii_case(s);
     match name.len() {
         2 if is("te") => Special::Te,
@@ -204,9 +216,10 @@ pub fn classify_request(req: &httparse::Request<'_, '_>) -> Result<RequestHead, 
 /// Writes the head sent to the app: the request line as HTTP/1.1, the
 /// client's headers without hop-by-hop ones (`TE: trailers` survives, gRPC
 /// needs it) and without its `l5d-client-id`, then `client_id` (the
-/// verified identity) if any.
+/// verified identity) if any. `raw` is the head `req` was parsed from.
 pub fn write_request_head(
     out: &mut Vec<u8>,
+    raw: &[u8],
     req: &httparse::Request<'_, '_>,
     client_id: Option<&[u8]>,
 ) {
@@ -214,20 +227,50 @@ pub fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        let keep = match special(h.name) {
-            Special::Connection | Special::HopByHop | Special::ClientId => false,
-            Special::Te => h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
-            _ => true,
-        };
-        if keep {
-            header_line(out, h.name.as_bytes(), h.value);
-        }
-    }
+    copy_headers(out, raw, req.headers, |h| match special(h.name) {
+        Special::Connection | Special::HopByHop | Special::ClientId => false,
+        Special::Te => h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
+        _ => true,
+    });
     if let Some(id) = client_id {
         header_line(out, crate::http::L5D_CLIENT_ID.as_bytes(), id);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the header lines that `keep` admits from `raw` (the head the
+/// headers were parsed from, so they point into it): consecutive kept lines
+/// in one copy, as sent. A line not ended by CRLF is rewritten with CRLF.
+fn copy_headers(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    headers: &[httparse::Header<'_>],
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) {
+    let base = raw.as_ptr() as usize;
+    // Where header i's line starts; `httparse` slices point into `raw`.
+    let start = |h: &httparse::Header<'_>| (h.name.as_ptr() as usize).wrapping_sub(base);
+    // The header block ends before the empty line that ends the head.
+    let block_end = raw.len() - if raw.ends_with(b"\r\n") { 2 } else { 1 };
+    let mut run: Option<usize> = None;
+    for (i, h) in headers.iter().enumerate() {
+        let (from, to) = (start(h), headers.get(i + 1).map_or(block_end, &start));
+        let raw_line = from < to && to <= raw.len() && raw[..to].ends_with(b"\r\n");
+        let kept = keep(h);
+        if kept && raw_line {
+            run.get_or_insert(from);
+            continue;
+        }
+        if let Some(r) = run.take() {
+            out.extend_from_slice(&raw[r..from.min(raw.len())]);
+        }
+        if kept {
+            header_line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if let Some(r) = run {
+        out.extend_from_slice(&raw[r..block_end]);
+    }
 }
 
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -341,13 +384,14 @@ pub fn classify_response(
 /// Writes the head sent to the client: the status line as HTTP/1.1, the
 /// app's headers without hop-by-hop ones (including those the app's
 /// `Connection` lists), and `connection: close` when the proxy closes the
-/// client connection after this response. `Transfer-Encoding` stays when
-/// chunks are passed through; a `Content-Length` beside it is dropped
-/// (RFC 9112 §6.3: the encoding wins).
+/// client connection after this response. `Transfer-Encoding` stays (the
+/// body passes through as encoded); a `Content-Length` beside it is dropped
+/// (RFC 9112 §6.1: a sender must not send both). `raw` is the head `rsp`
+/// was parsed from.
 pub fn write_response_head(
     out: &mut Vec<u8>,
+    raw: &[u8],
     rsp: &httparse::Response<'_, '_>,
-    framing: Framing,
     close_client: bool,
 ) {
     let status = rsp.code.unwrap_or(502);
@@ -356,28 +400,28 @@ pub fn write_response_head(
     out.push(b' ');
     out.extend_from_slice(rsp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let listed = |name: &str| {
-        rsp.headers
-            .iter()
-            .filter(|h| special(h.name) == Special::Connection)
-            .flat_map(|h| tokens(h.value))
-            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-    };
-    let any_connection = rsp
-        .headers
-        .iter()
-        .any(|h| special(h.name) == Special::Connection);
+    // One pass for what decides the others: the names `Connection` lists
+    // (beyond keep-alive/close) and whether a coding is present.
+    let mut any_coding = false;
+    let mut listed: Vec<&[u8]> = Vec::new();
     for h in rsp.headers.iter() {
-        let keep = match special(h.name) {
-            Special::Connection | Special::HopByHop | Special::Te | Special::Upgrade => false,
-            Special::TransferEncoding => framing == Framing::Chunked,
-            Special::ContentLength => framing != Framing::Chunked,
-            _ => !(any_connection && listed(h.name)),
-        };
-        if keep {
-            header_line(out, h.name.as_bytes(), h.value);
+        match special(h.name) {
+            Special::TransferEncoding => any_coding = true,
+            Special::Connection => listed.extend(tokens(h.value).filter(|t| {
+                !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
+            })),
+            _ => {}
         }
     }
+    copy_headers(out, raw, rsp.headers, |h| match special(h.name) {
+        Special::Connection | Special::HopByHop | Special::Te | Special::Upgrade => false,
+        // The body passes through as encoded, so its coding stays.
+        Special::TransferEncoding => true,
+        Special::ContentLength => !any_coding,
+        _ => !listed
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())),
+    });
     if close_client {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -606,6 +650,7 @@ pub async fn serve<I>(
     conn: &Arc<HttpConn>,
     limits: &Limits,
     drain: &CancellationToken,
+    draining: &AtomicBool,
 ) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -616,6 +661,10 @@ where
         app: None,
         conn,
         limits,
+        idle: None,
+        last_active: Instant::now(),
+        draining,
+        drain_registered: false,
     };
     let res = s.run(drain).await;
     if let Some(app) = s.app.take() {
@@ -640,15 +689,27 @@ struct Session<'a, I> {
     app: Option<TcpStream>,
     conn: &'a Arc<HttpConn>,
     limits: &'a Limits,
+    /// The idle timer, created once and moved only when it fires early:
+    /// re-arming a timer per request costs more than the request's parsing.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// When the last exchange ended.
+    last_active: Instant,
+    /// Set before `drain` fires (see `HttpServer::start_drain`).
+    draining: &'a AtomicBool,
+    /// The drain future has registered this task's waker.
+    drain_registered: bool,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
     /// `Ok(Some(why))`: hand off; `Ok(None)`: closed cleanly.
     async fn run(&mut self, drain: &CancellationToken) -> Result<Option<&'static str>, Error> {
         let mut out = Vec::new();
+        // One registration for the whole connection, not one per request.
+        let drained = drain.cancelled();
+        tokio::pin!(drained);
         loop {
             // read a head (waiting idle first when nothing is buffered)
-            if self.buf.is_empty() && !self.wait_request(drain).await? {
+            if self.buf.is_empty() && !self.wait_request(drained.as_mut()).await? {
                 return Ok(None);
             }
             let head_deadline = Instant::now() + self.limits.header_read_timeout;
@@ -687,35 +748,67 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                     start,
                 } => {
                     self.take_body(head_len, request.body, &mut out).await?;
-                    self.exchange(&request, start, &mut out, drain).await?
+                    self.exchange(&request, start, &mut out).await?
                 }
             };
-            if close || drain.is_cancelled() {
+            if close || self.draining.load(Ordering::Acquire) {
                 return Ok(None);
             }
+            self.last_active = Instant::now();
         }
     }
 
     /// Waits for the first bytes of the next request, holding no buffer
     /// meanwhile. `false`: the client closed, went idle too long, or the
     /// proxy is draining.
-    async fn wait_request(&mut self, drain: &CancellationToken) -> Result<bool, Error> {
+    async fn wait_request(
+        &mut self,
+        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Result<bool, Error> {
         self.buf = BytesMut::new();
         let mut first = [0u8; IDLE_READ];
-        let n = tokio::select! {
-            biased;
-            r = self.io.read(&mut first) => r.map_err(Error::Client)?,
-            _ = tokio::time::sleep(self.limits.idle_timeout) => {
-                debug!(client = %self.conn.authz().conn().peer, "closing idle HTTP connection");
-                return Ok(false);
+        let timeout = self.limits.idle_timeout;
+        let due = self.last_active + timeout;
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let draining = self.draining;
+        let peer = self.conn.authz().conn().peer;
+        let mut read = std::pin::pin!(self.io.read(&mut first));
+        // The drain future is polled until it has registered this task once;
+        // after that the flag (set before the wake-up) is enough, and a
+        // request costs no lock.
+        let registered = &mut self.drain_registered;
+        let n = std::future::poll_fn(|cx| {
+            if draining.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(0));
             }
-            _ = drain.cancelled() => return Ok(false),
-        };
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(Error::Client));
+            }
+            if !*registered {
+                *registered = true;
+                if drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(0));
+                }
+            }
+            while idle.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= due {
+                    debug!(client = %peer, "closing idle HTTP connection");
+                    return Poll::Ready(Ok(0));
+                }
+                idle.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await?;
         if n == 0 {
             return Ok(false);
         }
-        self.buf.reserve(READ_CHUNK);
-        self.buf.extend_from_slice(&first[..n]);
+        // Most heads fit a small allocation; a longer one grows it.
+        let mut buf = BytesMut::with_capacity(n.max(1024));
+        buf.extend_from_slice(&first[..n]);
+        self.buf = buf;
         Ok(true)
     }
 
@@ -739,9 +832,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
     /// `out`: the rebuilt head for the app, or the proxy's own answer.
     /// `None` while the head is incomplete.
     fn prepare(&mut self, out: &mut Vec<u8>) -> Option<Step> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&self.buf) {
+        // Uninitialized: filling 100 empty headers costs more than parsing.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(&self.buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => return Some(Step::Handoff("request head does not parse")),
@@ -773,7 +867,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                     }
                 }
                 Ok(()) => {
-                    write_request_head(out, &req, self.conn.client_id().map(|v| v.as_bytes()));
+                    write_request_head(
+                        out,
+                        &self.buf[..head_len],
+                        &req,
+                        self.conn.client_id().map(|v| v.as_bytes()),
+                    );
                     Step::Forward {
                         head_len,
                         request,
@@ -825,11 +924,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
         request: &RequestHead,
         start: Instant,
         out: &mut Vec<u8>,
-        drain: &CancellationToken,
     ) -> Result<bool, Error> {
         let retryable = request.method.is_idempotent();
         let head_request = request.method == Method::HEAD;
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::with_capacity(4096);
         let mut attempt = 0;
         let mut app = loop {
             attempt += 1;
@@ -850,9 +948,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
         loop {
             out.clear();
             let parsed = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut rsp = httparse::Response::new(&mut headers);
-                match rsp.parse(&rbuf) {
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut rsp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut rsp,
+                    &rbuf,
+                    &mut headers,
+                ) {
                     Ok(httparse::Status::Complete(n)) => {
                         match classify_response(&rsp, head_request) {
                             Ok(head) => {
@@ -860,8 +962,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                                 let close = !interim
                                     && (request.close
                                         || head.framing == Framing::Close
-                                        || drain.is_cancelled());
-                                write_response_head(out, &rsp, head.framing, close);
+                                        || self.draining.load(Ordering::Acquire));
+                                write_response_head(out, &rbuf[..n], &rsp, close);
                                 Ok(Some((n, head, close)))
                             }
                             Err(why) => Err(why.to_string()),
@@ -1110,7 +1212,7 @@ mod tests {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let req = parse_req(raw.as_bytes(), &mut h);
         let mut out = Vec::new();
-        write_request_head(&mut out, &req, id.map(str::as_bytes));
+        write_request_head(&mut out, raw.as_bytes(), &req, id.map(str::as_bytes));
         String::from_utf8(out).unwrap()
     }
 
@@ -1220,12 +1322,12 @@ mod tests {
         assert_eq!(grpc.grpc_status, Some(7));
     }
 
-    fn rebuilt_response(raw: &str, framing: Framing, close: bool) -> String {
+    fn rebuilt_response(raw: &str, close: bool) -> String {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut rsp = httparse::Response::new(&mut h);
         assert!(rsp.parse(raw.as_bytes()).unwrap().is_complete());
         let mut out = Vec::new();
-        write_response_head(&mut out, &rsp, framing, close);
+        write_response_head(&mut out, raw.as_bytes(), &rsp, close);
         String::from_utf8(out).unwrap()
     }
 
@@ -1233,12 +1335,17 @@ mod tests {
     fn response_heads_lose_hop_by_hop_headers() {
         let raw = "HTTP/1.0 200 Fine\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: h2\r\nContent-Length: 2\r\nServer: app\r\n\r\n";
         assert_eq!(
-            rebuilt_response(raw, Framing::Length(2), false),
+            rebuilt_response(raw, false),
             "HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nServer: app\r\n\r\n"
+        );
+        assert_eq!(
+            rebuilt_response("HTTP/1.1 200 OK\nA: 1\r\nB: 2\nC: 3\r\n\n", false),
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+            "every line ends with CRLF"
         );
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
         assert_eq!(
-            rebuilt_response(chunked, Framing::Chunked, true),
+            rebuilt_response(chunked, true),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
         );
     }

@@ -181,7 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for l in accept_loops {
         let _ = l.await;
     }
-    inbound.drain.cancel();
+    inbound.http.start_drain(&inbound.drain);
     connections.close();
     if tokio::time::timeout(config.shutdown_grace, connections.wait())
         .await
