@@ -569,49 +569,156 @@ impl<'p> NetSets<'p> {
 }
 
 /// Per-decision results of network-set tests, so each distinct set is tested
-/// at most once. The first 64 sets live in two words; a port with more
-/// distinct sets spills to a vector (allocated only if such a set is tested).
+/// at most once. The first 64 sets live in two words; results for sets past
+/// them go to a short list (a decision tests few sets: long candidate lists
+/// are indexed by network, see [`Candidates`]).
 #[derive(Default)]
 struct NetMemo {
     known: u64,
     ok: u64,
-    /// For set `64 + i`: 0 unknown, 1 outside, 2 inside.
-    spill: Vec<u8>,
+    spill: Vec<(u32, bool)>,
 }
 
 impl NetMemo {
     #[inline]
     fn contains(&mut self, nets: &[NetSet], id: u32, ip: Ip) -> bool {
-        let id = id as usize;
+        let test = |id: u32| nets.get(id as usize).is_some_and(|s| s.contains(ip));
         if id < 64 {
             let bit = 1u64 << id;
             if self.known & bit != 0 {
                 return self.ok & bit != 0;
             }
-            let inside = nets.get(id).is_some_and(|s| s.contains(ip));
+            let inside = test(id);
             self.known |= bit;
             if inside {
                 self.ok |= bit;
             }
             return inside;
         }
-        let slot = id - 64;
-        if self.spill.len() <= slot {
-            self.spill
-                .resize(nets.len().saturating_sub(64).max(slot + 1), 0);
+        if let Some(&(_, inside)) = self.spill.iter().find(|(i, _)| *i == id) {
+            return inside;
         }
-        match self.spill.get(slot) {
-            Some(1) => false,
-            Some(2) => true,
-            _ => {
-                let inside = nets.get(id).is_some_and(|s| s.contains(ip));
-                if let Some(s) = self.spill.get_mut(slot) {
-                    *s = if inside { 2 } else { 1 };
-                }
-                inside
+        let inside = test(id);
+        self.spill.push((id, inside));
+        inside
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Candidate lists, indexed by network when long.
+
+/// Lists longer than this are also indexed by the prefixes of their
+/// networks: a list of 5,000 authorizations each for its own `/32` would
+/// otherwise be scanned, one network test per entry, on every decision.
+pub const NET_INDEX_THRESHOLD: usize = 16;
+
+/// One candidate list (sorted by position, first entry per network set);
+/// a long one also indexed by network prefix.
+#[derive(Clone, Debug, Default)]
+struct Candidates {
+    list: Box<[Entry]>,
+    by_net: Option<Box<NetIndex>>,
+}
+
+/// For each (family, prefix length, masked address) that some entry's
+/// networks have, the entries having it, by position. An entry whose
+/// networks contain an address has a network whose prefix the address
+/// shares, so probing the address's prefixes of the listed lengths finds
+/// every candidate; the memo then tests excepts as the scan would.
+/// (IPv6, prefix length, masked address).
+type PrefixKey = (bool, u32, u128);
+
+#[derive(Clone, Debug, Default)]
+struct NetIndex {
+    v4_lens: Box<[u32]>,
+    v6_lens: Box<[u32]>,
+    prefixes: HashMap<PrefixKey, Box<[Entry]>, BuildHasherDefault<FxHasher>>,
+}
+
+/// The first `len` bits of an address (`bits` holds an IPv4 address in its
+/// low 32 bits).
+fn prefix(v6: bool, bits: u128, len: u32) -> u128 {
+    let width = if v6 { 128 } else { 32 };
+    match len.min(width) {
+        0 => 0,
+        len => bits & (u128::MAX << (width - len)),
+    }
+}
+
+impl Candidates {
+    fn build(list: Box<[Entry]>, sets: &[NetSet], threshold: usize) -> Self {
+        if list.len() <= threshold {
+            return Candidates { list, by_net: None };
+        }
+        let mut prefixes: HashMap<PrefixKey, Vec<Entry>> = HashMap::new();
+        let mut add = |key: PrefixKey, e: Entry| {
+            let v = prefixes.entry(key).or_default();
+            if v.last() != Some(&e) {
+                v.push(e);
+            }
+        };
+        for e in list.iter() {
+            let Some(set) = sets.get(e.net as usize) else {
+                continue;
+            };
+            for n in set.v4.iter() {
+                add(
+                    (false, n.cidr.mask.count_ones(), u128::from(n.cidr.addr)),
+                    *e,
+                );
+            }
+            for n in set.v6.iter() {
+                add((true, n.cidr.mask.count_ones(), n.cidr.addr), *e);
             }
         }
+        let lens = |v6: bool| -> Box<[u32]> {
+            let mut l: Vec<u32> = prefixes.keys().filter(|k| k.0 == v6).map(|k| k.1).collect();
+            l.sort_unstable();
+            l.dedup();
+            l.into()
+        };
+        let (v4_lens, v6_lens) = (lens(false), lens(true));
+        Candidates {
+            list,
+            by_net: Some(Box::new(NetIndex {
+                v4_lens,
+                v6_lens,
+                prefixes: prefixes.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            })),
+        }
     }
+
+    /// The smallest position below `best` whose network set contains the
+    /// client, or `best`.
+    #[inline]
+    fn first(&self, nets: &[NetSet], ip: Ip, memo: &mut NetMemo, best: u32) -> u32 {
+        let Some(index) = &self.by_net else {
+            return first_in(&self.list, nets, ip, memo, best);
+        };
+        let (lens, v6, bits) = match ip {
+            Ip::V4(a) => (&index.v4_lens, false, u128::from(a)),
+            Ip::V6(a) => (&index.v6_lens, true, a),
+        };
+        let mut best = best;
+        for &len in lens.iter() {
+            if let Some(list) = index.prefixes.get(&(v6, len, prefix(v6, bits, len))) {
+                best = first_in(list, nets, ip, memo, best);
+            }
+        }
+        best
+    }
+}
+
+fn first_in(list: &[Entry], nets: &[NetSet], ip: Ip, memo: &mut NetMemo, best: u32) -> u32 {
+    for e in list {
+        if e.authz >= best {
+            break;
+        }
+        if memo.contains(nets, e.net, ip) {
+            return e.authz;
+        }
+    }
+    best
 }
 
 // ---------------------------------------------------------------------------
@@ -680,13 +787,13 @@ impl ScanAuthn {
 /// Hash map keyed by identity strings. The keys come from the policy, so a
 /// client cannot grow a collision chain; a fast non-keyed hash is safe here
 /// and several times cheaper than SipHash for 50-byte identities.
-type IdMap = HashMap<Box<str>, Box<[Entry]>, BuildHasherDefault<FxHasher>>;
+type IdMap = HashMap<Box<str>, Candidates, BuildHasherDefault<FxHasher>>;
 
 #[derive(Clone, Debug, Default)]
 struct Index {
-    unauthenticated: Box<[Entry]>,
-    tls_unauthenticated: Box<[Entry]>,
-    any_identity: Box<[Entry]>,
+    unauthenticated: Candidates,
+    tls_unauthenticated: Candidates,
+    any_identity: Candidates,
     exact: IdMap,
     suffixes: IdMap,
     /// Distinct lengths of the keys of `suffixes`, ascending: only dot-suffixes
@@ -767,15 +874,23 @@ impl Scope {
         let mut suffix_lens: Vec<usize> = suffixes.keys().map(|s| s.len()).collect();
         suffix_lens.sort_unstable();
         suffix_lens.dedup();
+        // Fully indexed scopes (threshold 0, for tests) index every list.
+        let net_threshold = if scan_threshold == 0 {
+            0
+        } else {
+            NET_INDEX_THRESHOLD
+        };
+        let sets = &nets.sets;
+        let candidates = |v: Vec<Entry>| Candidates::build(first_per_net(v), sets, net_threshold);
         let to_map = |m: HashMap<&str, Vec<Entry>>| -> IdMap {
             m.into_iter()
-                .map(|(k, v)| (Box::from(k), first_per_net(v)))
+                .map(|(k, v)| (Box::from(k), candidates(v)))
                 .collect()
         };
         Scope::Indexed(Box::new(Index {
-            unauthenticated: first_per_net(unauthenticated),
-            tls_unauthenticated: first_per_net(tls_unauthenticated),
-            any_identity: first_per_net(any_identity),
+            unauthenticated: candidates(unauthenticated),
+            tls_unauthenticated: candidates(tls_unauthenticated),
+            any_identity: candidates(any_identity),
             exact: to_map(exact),
             suffixes: to_map(suffixes),
             suffix_lens: suffix_lens.into(),
@@ -805,16 +920,8 @@ fn first_per_net(list: Vec<Entry>) -> Box<[Entry]> {
 impl Index {
     fn find(&self, nets: &[NetSet], probe: &Probe<'_>, memo: &mut NetMemo) -> Option<usize> {
         let mut best = u32::MAX;
-        let mut consider = |list: &[Entry], memo: &mut NetMemo| {
-            for e in list {
-                if e.authz >= best {
-                    return;
-                }
-                if memo.contains(nets, e.net, probe.ip) {
-                    best = e.authz;
-                    return;
-                }
-            }
+        let mut consider = |list: &Candidates, memo: &mut NetMemo| {
+            best = list.first(nets, probe.ip, memo, best);
         };
         consider(&self.unauthenticated, memo);
         if probe.mesh {
@@ -1272,6 +1379,69 @@ mod tests {
         };
         let denied = authorize_request(&a, &client(), &req).unwrap_err();
         assert_eq!(denied.reason, DenyReason::NoRoute);
+    }
+
+    #[test]
+    fn long_lists_of_distinct_networks_are_found_by_prefix() {
+        // 5,000 unauthenticated authorizations, each for its own /32, then
+        // broader ones: the network index must pick what a scan picks,
+        // excepts included.
+        let unauth = |name: String, net: &str, except: &[&str]| Authorization {
+            meta: Meta::policy("serverauthorization", name),
+            networks: vec![Network {
+                net: net.parse().unwrap(),
+                except: except.iter().map(|e| e.parse().unwrap()).collect(),
+            }],
+            authentication: Authentication::Unauthenticated,
+        };
+        let mut authorizations: Vec<Authorization> = (0..5000u32)
+            .map(|i| {
+                unauth(
+                    format!("d{i}"),
+                    &format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255),
+                    &[],
+                )
+            })
+            .collect();
+        authorizations.push(unauth(
+            "wide-except".into(),
+            "192.168.0.0/16",
+            &["192.168.7.0/24"],
+        ));
+        authorizations.push(unauth("wide".into(), "192.168.0.0/16", &[]));
+        authorizations.push(unauth("v6".into(), "fd00::/8", &[]));
+        let policy = PortPolicy {
+            port: 1,
+            protocol: Protocol::Detect,
+            server: Meta::policy("server", "s"),
+            access: Access::Enforce,
+            authorizations,
+            http_routes: Vec::new(),
+        };
+        let indexed = Authorizer::from(policy.clone());
+        let scanned = Authorizer::with_scan_threshold(policy, usize::MAX);
+        for (ip, want) in [
+            ("10.0.19.135", Some("d4999")),
+            ("10.0.0.0", Some("d0")),
+            ("10.0.19.136", None),
+            ("192.168.1.1", Some("wide-except")),
+            ("192.168.7.9", Some("wide")),
+            ("::ffff:192.168.7.9", Some("wide")),
+            ("fd00::1", Some("v6")),
+            ("172.16.0.1", None),
+        ] {
+            let c = Client {
+                addr: ip.parse().unwrap(),
+                tls: ClientTls::None,
+            };
+            let got = |a: &Authorizer| {
+                authorize(a, &c)
+                    .ok()
+                    .map(|p| p.authorization.name().to_string())
+            };
+            assert_eq!(got(&indexed), got(&scanned), "{ip}");
+            assert_eq!(got(&indexed).as_deref(), want, "{ip}");
+        }
     }
 
     #[test]
