@@ -300,13 +300,15 @@ impl HttpServer {
                     debug!(client = %conn.authz.conn().peer, why, "HTTP/1 request served by hyper");
                     conn.touch();
                     let io = PrefixedIo::new(buffered.freeze(), io);
-                    self.serve_hyper(io, version, conn, drain)
+                    Box::pin(self.serve_hyper(io, version, conn, drain))
                         .await
                         .map_err(ServeError::Hyper)
                 }
             }
         } else {
-            self.serve_hyper(io, version, conn, drain)
+            // Boxed: hyper's connection state would otherwise size every
+            // connection task, fast path included.
+            Box::pin(self.serve_hyper(io, version, conn, drain))
                 .await
                 .map_err(ServeError::Hyper)
         }

@@ -59,7 +59,7 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// While waiting for the next request, a connection holds only this much
 /// (no buffers): idle keep-alive connections must stay small.
-const IDLE_READ: usize = 512;
+const IDLE_READ: usize = 256;
 
 /// How a connection left the fast path.
 #[derive(Debug)]
@@ -748,7 +748,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                     start,
                 } => {
                     self.take_body(head_len, request.body, &mut out).await?;
-                    self.exchange(&request, start, &mut out).await?
+                    // Boxed: its state exists only during a request, and an
+                    // idle connection's task must stay small.
+                    Box::pin(self.exchange(&request, start, &mut out)).await?
                 }
             };
             if close || self.draining.load(Ordering::Acquire) {

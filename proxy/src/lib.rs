@@ -40,6 +40,7 @@ pub mod http;
 pub mod http1;
 pub mod identity;
 pub mod inbound;
+pub mod memory;
 pub mod metrics;
 pub mod source;
 pub mod tls;
@@ -150,6 +151,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks: connections.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let stop_trim = CancellationToken::new();
+    tokio::spawn(memory::trim_after_bursts(
+        slots.clone(),
+        config.max_connections,
+        stop_trim.clone(),
+    ));
     let stop_accepting = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
@@ -196,6 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
     }
     stop_admin.cancel();
+    stop_trim.cancel();
     if let Some(reloader) = identity_reloader {
         reloader.abort();
     }
