@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The most bytes detection reads before deciding (a ClientHello, even with
@@ -428,6 +429,25 @@ impl<I> PrefixedIo<I> {
 
     pub fn get_ref(&self) -> &I {
         &self.io
+    }
+}
+
+/// A client connection as opaque forwarding sees it: a plain socket (which
+/// is then spliced, `forward::splice`) or anything else (copied).
+pub trait IntoPlain: Sized {
+    /// The replayed bytes and the socket, if the connection is a plain one.
+    fn into_plain(self) -> Result<(Bytes, TcpStream), Self>;
+}
+
+impl IntoPlain for PrefixedIo<TcpStream> {
+    fn into_plain(self) -> Result<(Bytes, TcpStream), Self> {
+        Ok((self.prefix, self.io))
+    }
+}
+
+impl<T> IntoPlain for PrefixedIo<tokio_rustls::server::TlsStream<T>> {
+    fn into_plain(self) -> Result<(Bytes, TcpStream), Self> {
+        Err(self)
     }
 }
 

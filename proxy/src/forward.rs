@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::ByteCounters;
 
 /// Copy buffer per direction: enough for bulk transfers (HAProxy uses the
@@ -92,6 +94,94 @@ where
         _ = shutdown.cancelled() => Err(ForwardError::Shutdown),
     }
 }
+
+/// Like [`copy`], for a client on a plain socket: the bytes move between the
+/// two sockets inside the kernel (`splice(2)` through a pipe per direction)
+/// and never through user space, which is how HAProxy moves TCP bulk data.
+/// `prefix` (bytes already read from the client during detection) goes to
+/// the app first. The byte counters are fed with what was moved.
+pub async fn splice(
+    prefix: bytes::Bytes,
+    client: &TcpStream,
+    app: &mut TcpStream,
+    counters: &ByteCounters,
+    revoked: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(u64, u64), ForwardError> {
+    use tokio::io::AsyncWriteExt;
+    if !prefix.is_empty() {
+        app.write_all(&prefix).await?;
+        counters.read.inc_by(prefix.len() as u64);
+    }
+    let app = &*app;
+    let both = async {
+        let (up, down) = tokio::try_join!(
+            splice_one(client, app, &counters.read),
+            splice_one(app, client, &counters.write),
+        )?;
+        Ok::<_, io::Error>((up + prefix.len() as u64, down))
+    };
+    tokio::select! {
+        res = both => Ok(res?),
+        _ = revoked.cancelled() => Err(ForwardError::Revoked),
+        _ = shutdown.cancelled() => Err(ForwardError::Shutdown),
+    }
+}
+
+/// Moves `src`'s bytes to `dst` until `src` ends, then ends `dst`'s
+/// sending side (half-close). Returns the bytes moved.
+async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &Counter) -> io::Result<u64> {
+    use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let mut total = 0u64;
+    loop {
+        // Fill the (empty) pipe from the source: a would-block here can
+        // only mean the socket has nothing, so readiness is cleared rightly.
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice(src, None, &pipe_in, None, SPLICE_CHUNK, flags).map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            socket2::SockRef::from(dst)
+                .shutdown(std::net::Shutdown::Write)
+                .or_else(|e| {
+                    // The peer may have gone already; nothing left to tell it.
+                    if e.kind() == io::ErrorKind::NotConnected {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            return Ok(total);
+        }
+        // Drain the pipe into the destination.
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pipe_out, None, dst, None, left, flags).map_err(io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        moved.inc_by(n as u64);
+    }
+}
+
+/// Most bytes moved per splice call; the pipe's capacity (64 KiB by
+/// default) bounds it anyway.
+const SPLICE_CHUNK: usize = 1 << 20;
 
 /// Counts the bytes read from and written to the client.
 #[derive(Debug)]

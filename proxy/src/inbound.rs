@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::accept::{Accepted, Target};
 use crate::authz::{ConnInfo, Enforcer};
 use crate::config::Config;
-use crate::detect::{detect_http, detect_tls, HttpDetect, PrefixedIo, TlsDetect};
+use crate::detect::{detect_http, detect_tls, HttpDetect, IntoPlain, PrefixedIo, TlsDetect};
 use crate::forward::{self, CountingIo};
 use crate::http::{log_conn_error, ConnScope, HttpConn, HttpServer, HttpVersion, Upstreams};
 use crate::identity::{IdentityStore, LocalIdentity};
@@ -146,7 +146,7 @@ impl Inbound {
         path: Path,
         slot: OwnedSemaphorePermit,
     ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + IntoPlain + Unpin + Send + 'static,
     {
         match path {
             Path::Tcp(tls) => Box::pin(self.serve_tcp(io, peer, target, client, tls)).await,
@@ -467,7 +467,7 @@ impl Inbound {
         client: Client,
         tls: TlsLabel,
     ) where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + IntoPlain + Unpin,
     {
         let port = target.port();
         let labels = Arc::new(ConnLabels::new(target, &tls));
@@ -496,8 +496,24 @@ impl Inbound {
                 return;
             }
         };
-        let mut client = CountingIo::new(io, counters);
-        match forward::copy(&mut client, &mut app, &grant.revoked, &self.stop).await {
+        let forwarded = match io.into_plain() {
+            Ok((prefix, tcp)) => {
+                forward::splice(
+                    prefix,
+                    &tcp,
+                    &mut app,
+                    &counters,
+                    &grant.revoked,
+                    &self.stop,
+                )
+                .await
+            }
+            Err(io) => {
+                let mut client = CountingIo::new(io, counters);
+                forward::copy(&mut client, &mut app, &grant.revoked, &self.stop).await
+            }
+        };
+        match forwarded {
             Ok((up, down)) => {
                 debug!(client = %peer, port, up, down, "connection closed");
                 self.metrics.conn_close(&labels, "");
