@@ -180,7 +180,10 @@ async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &Counter) -> io::Re
 }
 
 /// Most bytes moved per splice call; the pipe's capacity (64 KiB by
-/// default) bounds it anyway.
+/// default) bounds it anyway. A 256 KiB pipe measured level on throughput
+/// but 17 % more CPU per MiB, and it would spend the per-user pipe budget
+/// (`pipe-user-pages-soft`, beyond which the kernel hands out small pipes)
+/// four times faster, so the default stays.
 const SPLICE_CHUNK: usize = 1 << 20;
 
 /// Counts the bytes read from and written to the client.
