@@ -27,12 +27,11 @@ use portcullis_policy::{
     authorize, authorize_request, Authorizer, Client, ClientTls, Denied, HttpRequest, Meta, Permit,
     PolicyTable, RequestHeaders,
 };
-use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::http::ProxyBody;
-use crate::metrics::{ConnLabels, Metrics};
+use crate::metrics::{AllowCache, ConnLabels, Metrics};
 
 /// The fixed text of `l5d-proxy-error` on a denial: it tells a denial by the
 /// proxy from a 403 by the app without leaking anything about the policy.
@@ -300,10 +299,6 @@ pub struct HttpAuthz {
 struct Cached {
     generation: u64,
     authorizer: Arc<Authorizer>,
-    /// Allow counters by the address of the deciding authorization and route
-    /// inside `authorizer` (stable while it is held), to spare building label
-    /// sets per request.
-    allow: Vec<(usize, usize, Counter)>,
 }
 
 impl HttpAuthz {
@@ -323,7 +318,6 @@ impl HttpAuthz {
                 *cache = Some(Cached {
                     generation,
                     authorizer: authorizer.clone(),
-                    allow: Vec::new(),
                 });
                 (generation, authorizer)
             }
@@ -346,7 +340,7 @@ impl HttpAuthz {
         };
         match authorize_request(&authorizer, &self.conn.client, &request) {
             Ok(permit) => {
-                self.count_allow(generation, &permit);
+                self.count_allow(generation, &authorizer, &permit);
                 log_permit(&self.conn, &permit, "http");
                 Ok(())
             }
@@ -366,41 +360,45 @@ impl HttpAuthz {
         }
     }
 
-    fn count_allow(&self, generation: u64, permit: &Permit<'_>) {
+    fn count_allow(&self, generation: u64, authorizer: &Arc<Authorizer>, permit: &Permit<'_>) {
         let key_authz = permit.authorization as *const Meta as usize;
         let key_route = permit.route.map_or(0, |r| r as *const Meta as usize);
-        let mut cache = lock(&self.cache);
-        if let Some(c) = cache.as_mut().filter(|c| c.generation == generation) {
-            if let Some((_, _, counter)) = c
-                .allow
-                .iter()
-                .find(|(a, r, _)| *a == key_authz && *r == key_route)
-            {
-                counter.inc();
-                return;
-            }
-            let route = permit.route.cloned().unwrap_or_else(default_route);
-            let counter = self.enforcer.metrics.http_authz_allow.get_or_create_owned(
-                &self
-                    .conn
-                    .labels
-                    .authz(permit.server, Some(&route), Some(permit.authorization)),
-            );
+        // Shared by the connections of this label set; keyed by addresses
+        // inside `authorizer`, which the cache keeps alive.
+        let mut shared = lock(&self.conn.labels.allow);
+        let current = shared
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && Arc::ptr_eq(&c.authorizer, authorizer));
+        if !current {
+            *shared = Some(AllowCache {
+                generation,
+                authorizer: authorizer.clone(),
+                counters: Vec::new(),
+            });
+        }
+        let Some(cache) = shared.as_mut() else {
+            return;
+        };
+        if let Some((_, _, counter)) = cache
+            .counters
+            .iter()
+            .find(|(a, r, _)| *a == key_authz && *r == key_route)
+        {
             counter.inc();
-            c.allow.push((key_authz, key_route, counter));
             return;
         }
-        drop(cache);
         let route = permit.route.cloned().unwrap_or_else(default_route);
-        self.enforcer
-            .metrics
-            .http_authz_allow
-            .get_or_create(&self.conn.labels.authz(
-                permit.server,
-                Some(&route),
-                Some(permit.authorization),
-            ))
-            .inc();
+        let counter =
+            self.enforcer
+                .metrics
+                .http_authz_allow
+                .get_or_create_owned(&self.conn.labels.authz(
+                    permit.server,
+                    Some(&route),
+                    Some(permit.authorization),
+                ));
+        counter.inc();
+        cache.counters.push((key_authz, key_route, counter));
     }
 }
 

@@ -33,7 +33,6 @@ use hyper::server::conn::{http1 as server1, http2 as server2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -399,7 +398,6 @@ pub struct HttpConn {
     downstream: HttpVersion,
     idle: Idle,
     requests: Counter,
-    responses: Mutex<Vec<(StatusCode, bool, Counter, Histogram)>>,
     /// The app connection this client's HTTP/1 requests go to first. A
     /// client HTTP/1 connection carries one request at a time, so keeping
     /// its app connection spares a pool round trip (a lock and a spawned
@@ -431,9 +429,16 @@ impl HttpConn {
         downstream: HttpVersion,
         scope: ConnScope,
     ) -> Arc<Self> {
-        let requests = metrics
-            .request_total
-            .get_or_create_owned(&request_labels(&authz));
+        let requests = authz
+            .conn()
+            .labels
+            .requests
+            .get_or_init(|| {
+                metrics
+                    .request_total
+                    .get_or_create_owned(&request_labels(&authz))
+            })
+            .clone();
         let client_id = match &authz.conn().client.tls {
             portcullis_policy::ClientTls::Mesh { identity: Some(id) } => {
                 HeaderValue::from_str(&id.presented).ok()
@@ -451,7 +456,6 @@ impl HttpConn {
                 since: Mutex::new(Instant::now()),
             },
             requests,
-            responses: Mutex::new(Vec::new()),
             own_h1: Mutex::new(None),
             client_id,
         })
@@ -600,10 +604,18 @@ impl HttpConn {
         latency: Duration,
     ) {
         let failure = status.is_server_error() || grpc_status.is_some_and(|s| s != 0);
-        let mut cache = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        // Shared by the connections of this label set (see `ConnLabels`).
+        let code = status.as_u16();
+        let mut cache = self
+            .authz
+            .conn()
+            .labels
+            .responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let entry = match cache
             .iter()
-            .position(|(s, f, _, _)| *s == status && *f == failure)
+            .position(|(s, f, _, _)| *s == code && *f == failure)
         {
             Some(i) => &cache[i],
             None => {
@@ -618,7 +630,7 @@ impl HttpConn {
                     if failure { "failure" } else { "success" }.to_string(),
                 ));
                 let total = self.metrics.response_total.get_or_create_owned(&labels);
-                cache.push((status, failure, total, latency_h));
+                cache.push((code, failure, total, latency_h));
                 &cache[cache.len() - 1]
             }
         };

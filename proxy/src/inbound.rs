@@ -33,7 +33,7 @@ use crate::detect::{detect_http, detect_tls, HttpDetect, IntoPlain, PrefixedIo, 
 use crate::forward::{self, CountingIo};
 use crate::http::{log_conn_error, ConnScope, HttpConn, HttpServer, HttpVersion, Upstreams};
 use crate::identity::{IdentityStore, LocalIdentity};
-use crate::metrics::{ConnLabels, Metrics, TlsLabel};
+use crate::metrics::{Metrics, TlsLabel};
 use crate::tls::{self, Fault, Prefer, Terminated};
 use crate::transport::{self, SessionProtocol};
 
@@ -470,7 +470,7 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + IntoPlain + Unpin,
     {
         let port = target.port();
-        let labels = Arc::new(ConnLabels::new(target, &tls));
+        let labels = self.metrics.conn_labels(target, &tls);
         let counters = self.metrics.conn_open(&labels);
         let conn = ConnInfo {
             port,
@@ -546,7 +546,7 @@ impl Inbound {
             ClientTls::None => TlsLabel::Plain,
             mesh => mesh_label(mesh),
         };
-        let labels = Arc::new(ConnLabels::new(target, &tls));
+        let labels = self.metrics.conn_labels(target, &tls);
         let counters = self.metrics.conn_open(&labels);
         let conn = ConnInfo {
             port,

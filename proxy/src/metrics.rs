@@ -17,7 +17,9 @@
 //! `http.rs` (requests), `accept.rs` (refusals), `source.rs` (policy), and
 //! `admin.rs` (`/metrics`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use portcullis_policy::Meta;
 use prometheus_client::encoding::text::encode;
@@ -69,6 +71,8 @@ pub struct Metrics {
     /// With `--policy-controller`: messages that could not be used (the
     /// port denies until a valid one arrives).
     pub policy_invalid_messages: Counter,
+    /// See [`Metrics::conn_labels`].
+    conn_label_sets: Mutex<HashMap<(SocketAddr, TlsLabel), Arc<ConnLabels>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +187,7 @@ impl Metrics {
             sni: SniLabels::default(),
             policy_stream_errors,
             policy_invalid_messages,
+            conn_label_sets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -270,12 +275,41 @@ impl TlsLabel {
     }
 }
 
-/// The labels every series of one connection shares.
-#[derive(Clone, Debug)]
+/// The labels every series of one connection shares, and the series of
+/// this label set once resolved. Connections with the same target and TLS
+/// labels share one `ConnLabels` ([`Metrics::conn_labels`]): resolving a
+/// series hashes its whole label set (SipHash over a dozen strings), which
+/// cost more than the rest of a new connection together.
+#[derive(Debug)]
 pub struct ConnLabels {
     pub target_port: u16,
     base: Labels,
+    /// `tcp_open_total` and the byte counters.
+    tcp: OnceLock<(Counter, ByteCounters)>,
+    /// `tcp_close_total` by `errno`.
+    closes: Mutex<Vec<(String, Counter)>>,
+    /// `request_total`.
+    pub(crate) requests: OnceLock<Counter>,
+    /// `response_total` and `response_latency_ms` by (status, failure).
+    pub(crate) responses: Mutex<Vec<(u16, bool, Counter, Histogram)>>,
+    /// `inbound_http_authz_allow_total` by (authorization, route) address
+    /// inside the port's authorizer of one policy generation (kept alive
+    /// here, so the addresses stay unique).
+    pub(crate) allow: Mutex<Option<AllowCache>>,
 }
+
+/// See [`ConnLabels::allow`].
+#[derive(Debug)]
+pub(crate) struct AllowCache {
+    pub generation: u64,
+    pub authorizer: std::sync::Arc<portcullis_policy::Authorizer>,
+    pub counters: Vec<(usize, usize, Counter)>,
+}
+
+/// Label sets kept by [`Metrics::conn_labels`]: targets times TLS labels
+/// (client identities included), bounded so a crowd of identities cannot
+/// grow it; past the bound connections resolve their own.
+const MAX_CONN_LABEL_SETS: usize = 4096;
 
 impl ConnLabels {
     /// `target` is the original destination (or, for `--map`, the listener's
@@ -290,6 +324,11 @@ impl ConnLabels {
         ConnLabels {
             target_port: target.port(),
             base,
+            tcp: OnceLock::new(),
+            closes: Mutex::new(Vec::new()),
+            requests: OnceLock::new(),
+            responses: Mutex::new(Vec::new()),
+            allow: Mutex::new(None),
         }
     }
 
@@ -336,21 +375,51 @@ pub struct ByteCounters {
 }
 
 impl Metrics {
+    /// The shared labels (and resolved series) of connections to `target`
+    /// with these TLS labels.
+    pub fn conn_labels(&self, target: SocketAddr, tls: &TlsLabel) -> Arc<ConnLabels> {
+        let mut sets = self
+            .conn_label_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = sets.get(&(target, tls.clone())) {
+            return l.clone();
+        }
+        let labels = Arc::new(ConnLabels::new(target, tls));
+        if sets.len() < MAX_CONN_LABEL_SETS {
+            sets.insert((target, tls.clone()), labels.clone());
+        }
+        labels
+    }
+
     /// Counts an opened connection and returns its byte counters.
     pub fn conn_open(&self, labels: &ConnLabels) -> ByteCounters {
-        let tcp = labels.tcp();
-        self.tcp_open.get_or_create(&tcp).inc();
-        ByteCounters {
-            read: self.tcp_read_bytes.get_or_create_owned(&tcp),
-            write: self.tcp_write_bytes.get_or_create_owned(&tcp),
-        }
+        let (open, bytes) = labels.tcp.get_or_init(|| {
+            let tcp = labels.tcp();
+            (
+                self.tcp_open.get_or_create_owned(&tcp),
+                ByteCounters {
+                    read: self.tcp_read_bytes.get_or_create_owned(&tcp),
+                    write: self.tcp_write_bytes.get_or_create_owned(&tcp),
+                },
+            )
+        });
+        open.inc();
+        bytes.clone()
     }
 
     /// Counts a closed connection; `errno` is empty for a clean close.
     pub fn conn_close(&self, labels: &ConnLabels, errno: &str) {
+        let mut closes = labels.closes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = closes.iter().find(|(e, _)| e == errno) {
+            c.inc();
+            return;
+        }
         let mut tcp = labels.tcp();
         tcp.push(("errno", errno.to_string()));
-        self.tcp_close.get_or_create(&tcp).inc();
+        let c = self.tcp_close.get_or_create_owned(&tcp);
+        c.inc();
+        closes.push((errno.to_string(), c));
     }
 }
 
