@@ -167,9 +167,10 @@ pub struct Args {
     #[arg(long, env = "PORTCULLIS_HTTP1_MAX_HEAD_BYTES", default_value_t = 64 * 1024, hide_default_value = true)]
     pub http1_max_head_bytes: usize,
 
-    /// Time an HTTP/1 client has to send a complete request head, counted from the connection's
-    /// start or the end of the previous response (so it also closes idle keep-alive
-    /// connections) [default: 30s]
+    /// Time an HTTP/1 client has to send a complete request head once its first byte arrived
+    /// (idle keep-alive connections are `--http-idle-timeout`'s). Requests handed to hyper
+    /// (upgrades, chunked or large bodies...) count it from the connection's start or the end
+    /// of the previous response [default: 30s]
     #[arg(long, env = "PORTCULLIS_HTTP_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s", hide_default_value = true)]
     pub http_header_read_timeout: Duration,
 

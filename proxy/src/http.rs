@@ -1,5 +1,8 @@
 //! HTTP forwarding: a hyper server per client connection, a hyper client
-//! pool per app port.
+//! pool per app port. HTTP/1.1 to an HTTP/1 app starts on the fast path
+//! (`http1.rs`) and comes here from the first request that path hands off
+//! ([`HttpServer::serve`]); the fast path keeps its app connections in the
+//! same [`Pool`] (`checkout_raw`/`checkin_raw`).
 //!
 //! Each request is checked by `authz.rs` ([`crate::authz::HttpAuthz`]),
 //! stripped of what the app must not trust (`l5d-client-id` from the

@@ -15,7 +15,8 @@
 //!            authz.rs ◄── PolicyTable (source.rs writes, revocation reads)
 //!              │ TCP: once + on every policy update   HTTP: every request
 //!              ▼                                       ▼
-//!            forward.rs: byte copy ──────► app     http.rs: hyper server ─► pooled client ─► app
+//!            forward.rs: splice / byte copy ─► app  http1.rs: HTTP/1.1 fast path ─► own app conn ─► app
+//!                                                  └ anything else: http.rs: hyper server ─► pooled client ─► app
 //!
 //! inbound.rs   follows one connection through the stages above, top to bottom
 //! config.rs    flags (PORTCULLIS_* env), validation
@@ -25,6 +26,7 @@
 //! identity.rs  the local identity (files, validation, reload), client identity
 //! tls.rs       rustls server config and the mTLS handshake
 //! transport.rs Linkerd's opaque-transport header (direct path)
+//! memory.rs    returns freed memory to the system after connection bursts
 //! ```
 //!
 //! [`run`] wires them: it starts the policy source, the revocation task, the
