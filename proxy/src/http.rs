@@ -505,7 +505,8 @@ impl HttpConn {
             .check(req.method(), req.uri().path(), req.headers())
         {
             Err(mut denied) => {
-                if self.downstream == HttpVersion::Http1 && !drain(req.into_body()).await {
+                if self.downstream == HttpVersion::Http1 && !Box::pin(drain(req.into_body())).await
+                {
                     denied
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -555,7 +556,9 @@ impl HttpConn {
             && self.upstream.version == HttpVersion::Http1
         {
             let own = self.own_h1.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let (rsp, tx) = self.upstream.send_h1_on(own, req).await?;
+            // Boxed (here and for the HTTP/2 connect): rare, large states
+            // that every request's future would otherwise carry and move.
+            let (rsp, tx) = Box::pin(self.upstream.send_h1_on(own, req)).await?;
             if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // Upgraded: the pool's readiness wait drops it when it ends.
                 self.upstream.checkin_h1(tx);
@@ -1002,23 +1005,28 @@ impl Pool {
             match &*shared {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
-                    let stream = connect_app(self.addr, self.connect_timeout).await?;
-                    let (tx, conn) = client2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .handshake(TokioIo::new(stream))
-                        .await?;
-                    let addr = self.addr;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(app = %addr, error = %e, "HTTP/2 connection to the application ended");
-                        }
-                    });
+                    let tx = Box::pin(self.connect_h2()).await?;
                     *shared = Some(tx.clone());
                     tx
                 }
             }
         };
         Ok(tx.send_request(req).await?)
+    }
+
+    async fn connect_h2(&self) -> Result<client2::SendRequest<ProxyBody>, UpstreamError> {
+        let stream = connect_app(self.addr, self.connect_timeout).await?;
+        let (tx, conn) = client2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(app = %addr, error = %e, "HTTP/2 connection to the application ended");
+            }
+        });
+        Ok(tx)
     }
 }
 
