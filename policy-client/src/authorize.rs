@@ -44,7 +44,10 @@
 //! contains the client, stopping each list at the best position so far.
 //! Network sets are deduplicated across the whole port (most authorizations
 //! share the cluster networks), and each set is tested at most once per
-//! decision.
+//! decision. A list longer than [`NET_INDEX_THRESHOLD`] (thousands of
+//! authorizations, each for its own address) is also indexed by the
+//! prefixes of its networks, so only entries whose networks share a prefix
+//! with the client are tested.
 //!
 //! # Audit
 //! A port in audit mode allows what it would deny and marks the allow
