@@ -73,6 +73,8 @@ pub struct Metrics {
     pub policy_invalid_messages: Counter,
     /// See [`Metrics::conn_labels`].
     conn_label_sets: Mutex<HashMap<(SocketAddr, TlsLabel), Arc<ConnLabels>>>,
+    /// See [`Metrics::detect_result`].
+    detect_counters: Mutex<HashMap<(u16, &'static str), Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,6 +190,7 @@ impl Metrics {
             policy_stream_errors,
             policy_invalid_messages,
             conn_label_sets: Mutex::new(HashMap::new()),
+            detect_counters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,11 +204,20 @@ impl Metrics {
 
     /// Counts one result of HTTP detection.
     pub fn detect_result(&self, target_port: u16, result: &'static str) {
-        self.detect_http
-            .get_or_create(&vec![
-                ("target_port", target_port.to_string()),
-                ("result", result.to_string()),
-            ])
+        // Resolved once per (port, result): a connection must not hash the
+        // label strings (see `ConnLabels`).
+        let mut known = self
+            .detect_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known
+            .entry((target_port, result))
+            .or_insert_with(|| {
+                self.detect_http.get_or_create_owned(&vec![
+                    ("target_port", target_port.to_string()),
+                    ("result", result.to_string()),
+                ])
+            })
             .inc();
     }
 
