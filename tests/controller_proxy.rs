@@ -6,11 +6,8 @@
 #[path = "support/apps.rs"]
 mod apps;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apps::*;
@@ -39,43 +36,10 @@ fn write(path: &Path, yaml: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A running `portcullis-controller serve`; killed when dropped.
-struct Controller {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Controller {
-    fn start(resources: &Path, addr: SocketAddr) -> Controller {
-        let mut child = Command::new(e2e::bin("portcullis-controller"))
-            .args(["serve", "--listen", &addr.to_string(), "--resources"])
-            .arg(resources)
-            .env("PORTCULLIS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis-controller");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        assert!(e2e::wait_listening(addr, Duration::from_secs(20)));
-        Controller { child, log }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `portcullis-controller serve` on `addr`, serving `resources`.
+fn controller(resources: &Path, addr: SocketAddr) -> e2e::Controller {
+    let (addr_s, res) = (addr.to_string(), resources.display().to_string());
+    e2e::Controller::serve(&["--listen", &addr_s, "--resources", &res], &[], addr)
 }
 
 fn policy_file(dir: &tempfile::TempDir, yaml: &str) -> PathBuf {
@@ -91,7 +55,7 @@ async fn a_file_edit_revokes_a_live_connection_through_the_controller_within_a_s
     let dir = tempfile::tempdir().unwrap();
     let path = policy_file(&dir, &resources(p, "opaque", "127.0.0.0/8"));
     let ctl_addr = e2e::free_addr();
-    let ctl = Controller::start(&path, ctl_addr);
+    let ctl = controller(&path, ctl_addr);
     let (listen, m) = map(p);
     let proxy = Proxy::start(&[
         "--map",
@@ -134,7 +98,7 @@ async fn a_file_edit_revokes_a_live_connection_through_the_controller_within_a_s
     assert!(
         took < Duration::from_secs(1),
         "closed after {took:?}\ncontroller:\n{}\nproxy:\n{}",
-        ctl.log.lock().unwrap(),
+        ctl.log(),
         proxy.logs()
     );
     assert_eq!(
@@ -222,7 +186,7 @@ async fn without_a_controller_the_default_applies_after_the_policy_timeout() {
     assert!(again.elapsed() < Duration::from_millis(400));
 
     // The controller comes up: its policy arrives and denies us.
-    let _ctl = Controller::start(&path, ctl_addr);
+    let _ctl = controller(&path, ctl_addr);
     assert!(proxy.wait_ready(Duration::from_secs(5)), "{}", proxy.logs());
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

@@ -5,11 +5,10 @@
 //! controller leaves the client's policy in force, and a restarted one is
 //! picked up again.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_policy::client::{ClientConfig, FirstPolicy, PolicyClient, Workload};
@@ -53,55 +52,17 @@ fn shop(network: &str) -> String {
     SHOP.replace("NETWORK", network)
 }
 
-/// A running controller; killed when dropped.
-struct Controller {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Controller {
-    fn start(resources: &Path, addr: SocketAddr) -> Controller {
-        let mut child = Command::new(e2e::bin("portcullis-controller"))
-            .arg("serve")
-            .env("PORTCULLIS_RESOURCES", resources)
-            .env("PORTCULLIS_LISTEN", addr.to_string())
-            .env("PORTCULLIS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis-controller");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        assert!(
-            e2e::wait_listening(addr, Duration::from_secs(20)),
-            "controller listening on {addr}"
-        );
-        Controller { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `portcullis-controller serve` configured through its environment.
+fn controller(resources: &Path, addr: SocketAddr) -> e2e::Controller {
+    let (addr_s, res) = (addr.to_string(), resources.display().to_string());
+    e2e::Controller::serve(
+        &[],
+        &[
+            ("PORTCULLIS_RESOURCES", &res),
+            ("PORTCULLIS_LISTEN", &addr_s),
+        ],
+        addr,
+    )
 }
 
 fn resources(dir: &Path, yaml: &str) -> PathBuf {
@@ -154,7 +115,7 @@ async fn file_edits_reach_watchers_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let file = resources(dir.path(), &shop("0.0.0.0/0"));
     let addr = e2e::free_addr();
-    let ctl = Controller::start(&file, addr);
+    let ctl = controller(&file, addr);
     let table = table();
     let client = client(addr, table.clone());
     assert_eq!(client.wait_for_port(8080).await, FirstPolicy::Received);
@@ -248,7 +209,7 @@ async fn a_killed_controller_leaves_the_policy_in_force_until_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let file = resources(dir.path(), &shop("10.0.0.0/8"));
     let addr = e2e::free_addr();
-    let mut ctl = Controller::start(&file, addr);
+    let mut ctl = controller(&file, addr);
     let table = table();
     let client = client(addr, table.clone());
     assert_eq!(client.wait_for_port(8080).await, FirstPolicy::Received);
@@ -268,7 +229,7 @@ async fn a_killed_controller_leaves_the_policy_in_force_until_it_is_back() {
 
     // Edited while down; the restarted controller serves the new policy.
     std::fs::write(&file, shop("0.0.0.0/0")).unwrap();
-    let _ctl = Controller::start(&file, addr);
+    let _ctl = controller(&file, addr);
     assert!(
         eventually(Duration::from_secs(5), || allowed(
             &table,

@@ -328,3 +328,62 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// A running `portcullis-controller serve`, killed when dropped; its stderr
+/// (the logs) is kept for assertions.
+pub struct Controller {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Controller {
+    /// Starts `portcullis-controller serve` with `args` and `env` (which must
+    /// make it listen on `addr`), and waits until it listens.
+    pub fn serve(args: &[&str], env: &[(&str, &str)], addr: SocketAddr) -> Controller {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin("portcullis-controller"))
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start portcullis-controller");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        assert!(
+            wait_listening(addr, Duration::from_secs(20)),
+            "controller listening on {addr}"
+        );
+        Controller { child, log }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
