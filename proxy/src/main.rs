@@ -15,10 +15,7 @@ fn main() -> ExitCode {
         }
     };
     portcullis_proxy::init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portcullis: starting the runtime: {e}");
@@ -32,5 +29,21 @@ fn main() -> ExitCode {
             eprintln!("portcullis: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One worker thread (`TOKIO_WORKER_THREADS=1`, or a single available CPU,
+/// as in a sidecar limited to one core) gets tokio's current-thread
+/// scheduler: the same one thread, without the work-stealing machinery
+/// (measured in benches/RESULTS.md). Otherwise one worker per CPU.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from));
+    if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
