@@ -257,13 +257,21 @@ pub fn iperf3(
         Some(b) => args.extend(["-n".to_string(), b.to_string()]),
         None => args.extend(["-t".to_string(), whole_secs(duration).to_string()]),
     }
-    let out = run(pin, "iperf3", &args);
-    // iperf3 -J exits non-zero on errors but still prints JSON with "error".
-    let stdout = match out {
-        Ok((s, _)) => s,
-        Err(e) => return Err(e),
-    };
-    parse_iperf3(&stdout)
+    // The iperf3 server serves one test at a time and re-opens its listener
+    // after each (also after the harness's readiness probe): a client that
+    // arrives in that gap is refused, so a refusal is tried again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // iperf3 -J exits non-zero on errors but still prints JSON with "error".
+        let (stdout, _) = run(pin, "iperf3", &args)?;
+        match parse_iperf3(&stdout) {
+            Err(e) if attempt < 5 && e.contains("unable to connect") => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            res => return res,
+        }
+    }
 }
 
 pub fn parse_iperf3(stdout: &str) -> Result<Measure, String> {
