@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use portcullis_policy::{
     authorize, authorize_request, Authorizer, Client, ClientTls, Denied, HttpRequest, Meta, Permit,
     PolicyTable, RequestHeaders,
@@ -352,10 +352,7 @@ impl HttpAuthz {
                     .get_or_create(&self.conn.labels.authz(denied.server, Some(&route), None))
                     .inc();
                 log_deny(&self.conn, &denied, "http", Some((method, path)));
-                let grpc = headers.any_value(&header::CONTENT_TYPE, &mut |v| {
-                    v.starts_with(b"application/grpc")
-                });
-                Err(respond(Refusal::Unauthorized, grpc))
+                Err(respond(Refusal::Unauthorized, is_grpc(headers)))
             }
         }
     }
@@ -409,10 +406,12 @@ fn default_route() -> Meta {
 
 /// Whether a request is gRPC (`content-type: application/grpc*`), which
 /// changes how refusals are expressed.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+pub fn is_grpc(headers: &dyn RequestHeaders) -> bool {
+    // The first `content-type` decides, as `HeaderMap::get` reads it.
+    let mut first = true;
+    headers.any_value(&header::CONTENT_TYPE, &mut |v| {
+        std::mem::take(&mut first) && v.starts_with(b"application/grpc")
+    })
 }
 
 /// Why the proxy answers a request itself instead of the app.
@@ -461,6 +460,7 @@ pub fn respond(refusal: Refusal, grpc: bool) -> Response<ProxyBody> {
 mod tests {
     use super::*;
     use crate::metrics::TlsLabel;
+    use http::HeaderMap;
     use portcullis_policy::{DefaultPolicy, PolicyConfig, Snapshot};
 
     fn conn(port: u16, ip: &str) -> ConnInfo {

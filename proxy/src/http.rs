@@ -734,16 +734,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Whether `name` is one of the fixed hop-by-hop headers, or `Connection`
-/// (which may list more), or `TE` (kept only as `trailers`).
+/// (which may list more), or `TE` (kept only as `trailers`): the names the
+/// fast path knows too (`http1::is_hop_by_hop`).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    http1::is_hop_by_hop(name.as_str())
 }
 
 /// Rewrites a client request for the app's HTTP version: HTTP/2 requests
@@ -879,10 +873,7 @@ impl Pool {
 
     /// Keeps a fast-path connection (between exchanges) for reuse.
     pub(crate) fn checkin_raw(&self, stream: TcpStream) {
-        let mut idle = self.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL_MAX_IDLE {
-            idle.push((stream, Instant::now()));
-        }
+        keep_idle(&self.raw_idle, stream);
     }
 
     pub(crate) async fn connect_raw(&self) -> Result<TcpStream, ForwardError> {
@@ -913,10 +904,7 @@ impl Pool {
     /// full (HTTP/1 carries one exchange at a time).
     fn checkin_h1(self: &Arc<Self>, mut tx: client1::SendRequest<ProxyBody>) {
         if tx.is_ready() {
-            let mut idle = self.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < POOL_MAX_IDLE {
-                idle.push((tx, Instant::now()));
-            }
+            keep_idle(&self.h1_idle, tx);
             return;
         }
         // Outside a runtime (a connection dropped at shutdown) the
@@ -927,10 +915,7 @@ impl Pool {
         let pool = self.clone();
         rt.spawn(async move {
             if tx.ready().await.is_ok() {
-                let mut idle = pool.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < POOL_MAX_IDLE {
-                    idle.push((tx, Instant::now()));
-                }
+                keep_idle(&pool.h1_idle, tx);
             }
         });
     }
@@ -1027,6 +1012,14 @@ impl Pool {
             }
         });
         Ok(tx)
+    }
+}
+
+/// Adds an idle connection to a pool list, up to [`POOL_MAX_IDLE`].
+fn keep_idle<T>(idle: &Mutex<Vec<(T, Instant)>>, conn: T) {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < POOL_MAX_IDLE {
+        idle.push((conn, Instant::now()));
     }
 }
 

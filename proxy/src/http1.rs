@@ -147,6 +147,20 @@ fn special(name: &str) -> Special {
     }
 }
 
+/// Whether `name` is `Connection`, `TE`, `Upgrade`, `Transfer-Encoding` or
+/// one of the fixed hop-by-hop headers (RFC 9110 §7.6.1); the hyper path
+/// checks its header maps with this too.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        special(name),
+        Special::Connection
+            | Special::HopByHop
+            | Special::Te
+            | Special::Upgrade
+            | Special::TransferEncoding
+    )
+}
+
 /// A `Content-Length` value: digits only (RFC 9110 §8.6), no sign, no list.
 fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
@@ -523,10 +537,8 @@ impl Chunked {
                     _ => self.count_extra()?,
                 },
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err("chunk size line not ended by CRLF");
-                    }
-                    self.state = if self.size == 0 { TrailerStart } else { Data };
+                    let next = if self.size == 0 { TrailerStart } else { Data };
+                    self.state = expect(b, b'\n', next, "chunk size line not ended by CRLF")?;
                 }
                 Data => {
                     let take =
@@ -538,17 +550,9 @@ impl Chunked {
                     }
                     continue;
                 }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    self.state = DataLf;
-                }
+                DataCr => self.state = expect(b, b'\r', DataLf, "chunk data not followed by CRLF")?,
                 DataLf => {
-                    if b != b'\n' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    self.state = SizeStart;
+                    self.state = expect(b, b'\n', SizeStart, "chunk data not followed by CRLF")?
                 }
                 TrailerStart => {
                     self.state = if b == b'\r' { EndLf } else { Trailer };
@@ -563,17 +567,9 @@ impl Chunked {
                     self.count_extra()?;
                 }
                 TrailerLf => {
-                    if b != b'\n' {
-                        return Err("trailer line not ended by CRLF");
-                    }
-                    self.state = TrailerStart;
+                    self.state = expect(b, b'\n', TrailerStart, "trailer line not ended by CRLF")?
                 }
-                EndLf => {
-                    if b != b'\n' {
-                        return Err("chunked body not ended by CRLF");
-                    }
-                    self.state = Done;
-                }
+                EndLf => self.state = expect(b, b'\n', Done, "chunked body not ended by CRLF")?,
                 Done => {}
             }
             i += 1;
@@ -596,6 +592,20 @@ impl Chunked {
             return Err("chunk extensions or trailers too long");
         }
         Ok(())
+    }
+}
+
+/// `next` if `b` is the `want`ed line-end byte, else the error `why`.
+fn expect(
+    b: u8,
+    want: u8,
+    next: ChunkState,
+    why: &'static str,
+) -> Result<ChunkState, &'static str> {
+    if b == want {
+        Ok(next)
+    } else {
+        Err(why)
     }
 }
 
@@ -635,12 +645,6 @@ enum Step {
         request: RequestHead,
         start: Instant,
     },
-}
-
-/// Why sending a request to the app failed: nothing came back, so an
-/// idempotent request may be sent again on a new connection.
-enum AppFailure {
-    Retryable(String),
 }
 
 /// Serves HTTP/1.1 requests of one client connection until it ends or a
@@ -823,9 +827,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
 
     /// Reads more client bytes before `deadline`; 0 at end of stream.
     async fn read_client(&mut self, deadline: Instant, late: Error) -> Result<usize, Error> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut self.buf);
         match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
             Ok(r) => r.map_err(Error::Client),
             Err(_) => Err(late),
@@ -849,9 +851,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
             Ok(httparse::Status::Partial) => return None,
             Err(_) => return Some(Step::Handoff("request head does not parse")),
         };
-        // The rebuilt head is about as long, plus an identity; the response
-        // head and the first body bytes reuse the allocation.
-        out.reserve(head_len + 256);
         if head_len > self.limits.max_head {
             return Some(Step::Handoff("request head over the limit"));
         }
@@ -859,6 +858,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
             Ok(r) => r,
             Err(why) => return Some(Step::Handoff(why)),
         };
+        // The rebuilt head is about as long, plus an identity; the response
+        // head and the first body bytes reuse the allocation.
+        out.reserve(head_len + 256);
         let start = Instant::now();
         self.conn.request_started();
         let path = req.path.unwrap_or("/");
@@ -947,47 +949,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                 Ok(c) => c,
                 Err(e) => return self.app_failed(e, request, start).await,
             };
+            // Nothing came back, so an idempotent request may be sent again.
             match send_and_read_head(app, out, &mut rbuf).await {
                 Ok(app) => break app,
-                Err(AppFailure::Retryable(e)) if reused && retryable && attempt == 1 => {
+                Err(e) if reused && retryable && attempt == 1 => {
                     debug!(error = %e, "the application closed an idle connection; retrying on a new one");
                     rbuf.clear();
                 }
-                Err(AppFailure::Retryable(e)) => return self.app_failed(e, request, start).await,
+                Err(e) => return self.app_failed(e, request, start).await,
             }
         };
         // forward interim (1xx) heads, then the final head and its body
         loop {
             out.clear();
-            let parsed = {
-                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-                let mut rsp = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut rsp,
-                    &rbuf,
-                    &mut headers,
-                ) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        match classify_response(&rsp, head_request) {
-                            Ok(head) => {
-                                let interim = (100..200).contains(&head.status);
-                                let close = !interim
-                                    && (request.close
-                                        || head.framing == Framing::Close
-                                        || self.draining.load(Ordering::Acquire));
-                                write_response_head(out, &rbuf[..n], &rsp, close);
-                                Ok(Some((n, head, close)))
-                            }
-                            Err(why) => Err(why.to_string()),
-                        }
-                    }
-                    Ok(httparse::Status::Partial) if rbuf.len() > MAX_RESPONSE_HEAD => {
-                        Err("response head too large".to_string())
-                    }
-                    Ok(httparse::Status::Partial) => Ok(None),
-                    Err(e) => Err(format!("invalid response head: {e}")),
-                }
-            };
+            let closing = request.close || self.draining.load(Ordering::Acquire);
+            let parsed = response_head(&rbuf, head_request, closing, out);
             let (head_len, head, close) = match parsed {
                 Ok(Some(p)) => p,
                 Ok(None) => match read_more(&mut app, &mut rbuf).await {
@@ -1134,30 +1110,66 @@ pub(crate) fn still_open(app: &TcpStream) -> bool {
     matches!(app.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// Writes the request and reads the first bytes of the response. A failure
-/// before any byte came back is [`AppFailure::Retryable`].
+/// Parses the response head at the start of `rbuf` and writes what the
+/// client gets into `out`. `Ok(None)` while the head is incomplete; `Err`
+/// names a head that cannot be forwarded. `closing`: the client connection
+/// closes after this response anyway (it asked to, or the proxy drains).
+/// Returns the head's length, the head, and whether the client connection
+/// closes after it.
+fn response_head(
+    rbuf: &[u8],
+    head_request: bool,
+    closing: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<(usize, ResponseHead, bool)>, String> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut rsp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut rsp,
+        rbuf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if rbuf.len() > MAX_RESPONSE_HEAD => {
+            return Err("response head too large".into())
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let head = classify_response(&rsp, head_request)?;
+    let interim = (100..200).contains(&head.status);
+    let close = !interim && (closing || head.framing == Framing::Close);
+    write_response_head(out, &rbuf[..n], &rsp, close);
+    Ok(Some((n, head, close)))
+}
+
+/// Writes the request and reads the first bytes of the response. An error
+/// means nothing came back (the request may be sent again).
 async fn send_and_read_head(
     mut app: TcpStream,
     out: &[u8],
     rbuf: &mut BytesMut,
-) -> Result<TcpStream, AppFailure> {
+) -> Result<TcpStream, String> {
     if let Err(e) = app.write_all(out).await {
-        return Err(AppFailure::Retryable(format!("writing the request: {e}")));
+        return Err(format!("writing the request: {e}"));
     }
     match read_more(&mut app, rbuf).await {
-        Ok(0) => Err(AppFailure::Retryable(
-            "the application closed the connection".into(),
-        )),
+        Ok(0) => Err("the application closed the connection".into()),
         Ok(_) => Ok(app),
-        Err(e) => Err(AppFailure::Retryable(e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 async fn read_more(app: &mut TcpStream, rbuf: &mut BytesMut) -> io::Result<usize> {
-    if rbuf.capacity() - rbuf.len() < 1024 {
-        rbuf.reserve(READ_CHUNK);
-    }
+    make_room(rbuf);
     app.read_buf(rbuf).await
+}
+
+/// Grows a read buffer when less than 1 KiB is free.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 #[cfg(test)]
