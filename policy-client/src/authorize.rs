@@ -1255,6 +1255,18 @@ mod tests {
     use crate::model::{ClientIdentity, HeaderMatch, PolicyConfig, Protocol};
     use std::collections::BTreeSet;
 
+    /// A detected port whose Server lists `authorizations`, without routes.
+    fn port(authorizations: Vec<Authorization>) -> PortPolicy {
+        PortPolicy {
+            port: 1,
+            protocol: Protocol::Detect,
+            server: Meta::policy("server", "s"),
+            access: Access::Enforce,
+            authorizations,
+            http_routes: Vec::new(),
+        }
+    }
+
     fn route(matches: Vec<RouteMatch>) -> PortPolicy {
         PortPolicy {
             port: 8080,
@@ -1413,14 +1425,7 @@ mod tests {
         ));
         authorizations.push(unauth("wide".into(), "192.168.0.0/16", &[]));
         authorizations.push(unauth("v6".into(), "fd00::/8", &[]));
-        let policy = PortPolicy {
-            port: 1,
-            protocol: Protocol::Detect,
-            server: Meta::policy("server", "s"),
-            access: Access::Enforce,
-            authorizations,
-            http_routes: Vec::new(),
-        };
+        let policy = port(authorizations);
         let indexed = Authorizer::from(policy.clone());
         let scanned = Authorizer::with_scan_threshold(policy, usize::MAX);
         for (ip, want) in [
@@ -1460,14 +1465,7 @@ mod tests {
                 },
             })
             .collect();
-        let a = Authorizer::from(PortPolicy {
-            port: 1,
-            protocol: Protocol::Detect,
-            server: Meta::policy("server", "s"),
-            access: Access::Enforce,
-            authorizations,
-            http_routes: Vec::new(),
-        });
+        let a = Authorizer::from(port(authorizations));
         assert_eq!(a.nets.len(), 1);
         let id = ClientIdentity::new("sa42.ns.serviceaccount.identity.x", &cfg);
         let c = Client {
