@@ -350,7 +350,9 @@ const GET_BLOCK: [u8; 8] = [0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_rapid_reset_flood_is_cut_off() {
-    let app = http_app().await;
+    // The proxy relays resets to the app, so the app here is tolerant: the
+    // GOAWAY asserted must be the proxy's.
+    let app = tolerant_h2_app().await;
     // Raw frames: a well-behaved client library would not flood.
     let rst: fn(u32) -> Vec<u8> = |id| frame(0x3, 0, id, &8u32.to_be_bytes()); // RST_STREAM CANCEL
     for (limit, calm, wait) in [("5", true, 5), ("100000", false, 1)] {
@@ -367,6 +369,23 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
             "GOAWAY ENHANCE_YOUR_CALM with limit {limit}"
         );
     }
+}
+
+/// An HTTP/2 app answering 200 that puts up with any number of resets.
+async fn tolerant_h2_app() -> App {
+    tcp_app(|s| async move {
+        let Ok(mut conn) = h2::server::Builder::new()
+            .max_pending_accept_reset_streams(1_000_000)
+            .handshake::<_, bytes::Bytes>(s)
+            .await
+        else {
+            return;
+        };
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let _ = respond.send_response(http::Response::new(()), true);
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +412,7 @@ async fn too_many_malformed_http2_streams_close_the_connection() {
             );
         }
     }
-    assert_eq!(app.connections(), 0, "no malformed request reached the app");
+    assert_eq!(app.requests(), 0, "no malformed request reached the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,8 +48,8 @@ use crate::authz::{is_grpc, respond, HttpAuthz, Refusal};
 use crate::config::HttpLimits;
 use crate::detect::PrefixedIo;
 use crate::forward::{connect_app, ForwardError};
-use crate::http1;
 use crate::metrics::{Labels, Metrics};
+use crate::{http1, http2};
 
 /// The header that carries a verified client identity to the app.
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
@@ -173,7 +173,7 @@ impl Body for ResponseBody {
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -235,6 +235,7 @@ pub struct HttpServer {
     h2: server2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     fast: http1::Limits,
+    relay: http2::Limits,
     /// Set (before `drain` is cancelled) by [`HttpServer::start_drain`]: a
     /// load per request where the token would take a lock.
     draining: Arc<AtomicBool>,
@@ -267,6 +268,13 @@ impl HttpServer {
             fast: http1::Limits {
                 max_head: limits.http1_max_head_bytes,
                 header_read_timeout: limits.header_read_timeout,
+                idle_timeout: limits.idle_timeout,
+            },
+            relay: http2::Limits {
+                max_concurrent_streams: limits.http2_max_concurrent_streams,
+                max_header_list: limits.http2_max_header_list_bytes,
+                max_pending_resets: limits.http2_max_pending_accept_resets,
+                max_local_resets: limits.http2_max_local_error_resets,
                 idle_timeout: limits.idle_timeout,
             },
             draining: Arc::new(AtomicBool::new(false)),
@@ -302,6 +310,27 @@ impl HttpServer {
                     debug!(client = %conn.authz.conn().peer, why, "HTTP/1 request served by hyper");
                     conn.touch();
                     let io = PrefixedIo::new(buffered.freeze(), io);
+                    Box::pin(self.serve_hyper(io, version, conn, drain))
+                        .await
+                        .map_err(ServeError::Hyper)
+                }
+            }
+        } else if version == HttpVersion::Http2 && conn.upstream.version == HttpVersion::Http2 {
+            // The relay needs its own app connection; without one, hyper
+            // serves the connection and answers each request with a 502.
+            match conn.pool().connect_raw().await {
+                Ok(app) => Box::pin(http2::serve(
+                    io,
+                    app,
+                    &conn,
+                    &self.relay,
+                    &drain,
+                    &self.draining,
+                ))
+                .await
+                .map_err(ServeError::Relay),
+                Err(e) => {
+                    debug!(client = %conn.authz().conn().peer, error = %e, "no HTTP/2 relay: the application is unreachable");
                     Box::pin(self.serve_hyper(io, version, conn, drain))
                         .await
                         .map_err(ServeError::Hyper)
@@ -369,6 +398,8 @@ pub enum ServeError {
     Hyper(hyper::Error),
     #[error(transparent)]
     Fast(http1::Error),
+    #[error(transparent)]
+    Relay(http2::Error),
 }
 
 impl ServeError {
@@ -376,6 +407,7 @@ impl ServeError {
         match self {
             ServeError::Hyper(e) => e.is_timeout(),
             ServeError::Fast(e) => e.is_timeout(),
+            ServeError::Relay(_) => false,
         }
     }
 }

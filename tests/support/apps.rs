@@ -28,6 +28,8 @@ pub struct App {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub conns: Arc<AtomicUsize>,
+    /// HTTP requests received so far (`http_app`).
+    pub reqs: Arc<AtomicUsize>,
 }
 
 impl App {
@@ -36,6 +38,9 @@ impl App {
     }
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.reqs.load(Ordering::SeqCst)
     }
 }
 
@@ -55,7 +60,11 @@ where
             tokio::spawn(handler(s));
         }
     });
-    App { addr, conns }
+    App {
+        addr,
+        conns,
+        reqs: Arc::default(),
+    }
 }
 
 /// An app that terminates its own TLS (not the mesh's) and echoes what it reads.
@@ -150,18 +159,24 @@ pub async fn http_app() -> App {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
-    let counter = conns.clone();
+    let reqs = Arc::new(AtomicUsize::new(0));
+    let (counter, req_counter) = (conns.clone(), reqs.clone());
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            let req_counter = req_counter.clone();
+            let svc = service_fn(move |req| {
+                req_counter.fetch_add(1, Ordering::SeqCst);
+                describe(req)
+            });
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(s), service_fn(describe))
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
             });
         }
     });
-    App { addr, conns }
+    App { addr, conns, reqs }
 }
 
 type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
