@@ -1542,12 +1542,14 @@ mod tests {
     use crate::authz::{is_grpc, respond, Refusal};
     use std::cell::RefCell;
 
+    /// (method, path, `x-a` header) of a request the gate saw.
+    type Seen = (String, String, Option<Vec<u8>>);
+
     /// Allows paths under `/a`, denies the rest as policy would.
     #[derive(Default)]
     struct TestGate {
         id: Option<Vec<u8>>,
-        /// (method, path, `x-a` header) of each request seen.
-        requests: RefCell<Vec<(String, String, Option<Vec<u8>>)>>,
+        requests: RefCell<Vec<Seen>>,
         responses: RefCell<Vec<(u16, Option<u32>)>>,
     }
 
