@@ -756,14 +756,18 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 } else {
                     Role::Trailers
                 };
-                self.client_block = Some(Block {
+                let mut block = Block {
                     stream: h.stream,
                     end_stream: h.flags & END_STREAM != 0,
                     role,
-                    fragment: fragment.to_vec(),
-                });
+                    fragment: Vec::new(),
+                };
                 if h.flags & END_HEADERS != 0 {
-                    self.end_client_block(to_app)?;
+                    // The common case: decoded in place, nothing copied.
+                    self.end_client_block(block, fragment, to_app)?;
+                } else {
+                    block.fragment = fragment.to_vec();
+                    self.client_block = Some(block);
                 }
             }
             CONTINUATION => {
@@ -782,7 +786,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 }
                 block.fragment.extend_from_slice(payload);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_client_block(to_app)?;
+                    if let Some(mut block) = self.client_block.take() {
+                        let fragment = std::mem::take(&mut block.fragment);
+                        self.end_client_block(block, &fragment, to_app)?;
+                    }
                 }
             }
             // Advisory, and deprecated (RFC 9113 §5.3.2): not relayed.
@@ -849,17 +856,19 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         self.limits.max_header_list as usize + MAX_FRAME
     }
 
-    fn end_client_block(&mut self, to_app: &mut Vec<u8>) -> Result<(), ConnError> {
-        let Some(block) = self.client_block.take() else {
-            return Ok(());
-        };
+    fn end_client_block(
+        &mut self,
+        block: Block,
+        fragment: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
         self.enc.clear();
         self.fields.clear();
         let trailers = block.role != Role::Request;
         let max_list = self.limits.max_header_list as usize;
         let d = decode_request(
             &mut self.req_decoder,
-            &block.fragment,
+            fragment,
             trailers,
             max_list,
             &mut self.enc,
@@ -1104,15 +1113,18 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             HEADERS => {
                 let fragment = headers_fragment(h.flags, payload)
                     .ok_or(app_err(PROTOCOL_ERROR, "bad HEADERS padding"))?;
-                self.app_block = Some(Block {
+                let mut block = Block {
                     stream: h.stream,
                     end_stream: h.flags & END_STREAM != 0,
                     role: Role::Response,
-                    fragment: fragment.to_vec(),
-                });
+                    fragment: Vec::new(),
+                };
                 to_client.extend_from_slice(raw);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_app_block()?;
+                    self.end_app_block(block, fragment)?;
+                } else {
+                    block.fragment = fragment.to_vec();
+                    self.app_block = Some(block);
                 }
             }
             CONTINUATION => {
@@ -1129,7 +1141,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 block.fragment.extend_from_slice(payload);
                 to_client.extend_from_slice(raw);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_app_block()?;
+                    if let Some(mut block) = self.app_block.take() {
+                        let fragment = std::mem::take(&mut block.fragment);
+                        self.end_app_block(block, &fragment)?;
+                    }
                 }
             }
             SETTINGS => {
@@ -1155,13 +1170,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         Ok(())
     }
 
-    fn end_app_block(&mut self) -> Result<(), ConnError> {
-        let Some(block) = self.app_block.take() else {
-            return Ok(());
-        };
+    fn end_app_block(&mut self, block: Block, fragment: &[u8]) -> Result<(), ConnError> {
         let (mut status, mut grpc) = (None, None);
         self.rsp_decoder
-            .decode(&block.fragment, |name, value| match name {
+            .decode(fragment, |name, value| match name {
                 b":status" => status = parse_u32(value).and_then(|s| u16::try_from(s).ok()),
                 b"grpc-status" => grpc = parse_u32(value),
                 _ => {}
