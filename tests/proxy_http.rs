@@ -208,6 +208,37 @@ async fn http2_requests_are_forwarded_and_denied_per_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_beyond_the_flow_control_windows_pass_both_ways() {
+    // The relay leaves flow control to the client and the app: 3 MiB
+    // each way needs many WINDOW_UPDATEs to cross it, on four streams at
+    // once.
+    let app = http_app().await;
+    let (listen, m) = map(app.port());
+    let _proxy = Proxy::start(&["--map", &m]);
+    let tx = h2c(listen).await;
+    let mut all = Vec::new();
+    for seed in 0..4 {
+        let mut tx = tx.clone();
+        all.push(tokio::spawn(async move {
+            let sent = Bytes::from(payload(seed, 3 << 20));
+            let req = Request::post("http://web.example/grpc")
+                .header("content-type", "application/grpc")
+                .body(Full::new(sent.clone()))
+                .unwrap();
+            let (status, _, body, trailers) = read(tx.send_request(req).await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body == sent, "stream {seed}: the body came back intact");
+            assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        }));
+    }
+    for t in all {
+        t.await.unwrap();
+    }
+    assert_eq!(app.connections(), 1, "one app connection for the client's");
+    assert_eq!(app.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_keeps_trailers_and_denials_are_grpc_statuses() {
     let app = http_app().await;
     let (listen, m) = map(app.port());

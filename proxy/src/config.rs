@@ -193,8 +193,9 @@ pub struct Args {
     #[arg(long, env = "PORTCULLIS_HTTP2_MAX_HEADER_LIST_BYTES", default_value_t = 64 * 1024, hide_default_value = true)]
     pub http2_max_header_list_bytes: u32,
 
-    /// HTTP/2 streams a client may reset before the proxy accepted them; more closes the
-    /// connection with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487) [default: 20]
+    /// HTTP/2 streams a client may reset before their response (less one per stream served);
+    /// more closes the connection with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487)
+    /// [default: 20]
     #[arg(
         long,
         env = "PORTCULLIS_HTTP2_MAX_PENDING_ACCEPT_RESETS",

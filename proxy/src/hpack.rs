@@ -398,6 +398,9 @@ struct Canonical {
     offset: [u16; 31],
     /// Symbols in code order.
     symbols: [u16; 257],
+    /// The next 8 bits → `symbol << 4 | length` when they start with a
+    /// code of at most 8 bits (the common characters); 0 otherwise.
+    short: [u16; 256],
 }
 
 fn canonical() -> &'static Canonical {
@@ -408,6 +411,7 @@ fn canonical() -> &'static Canonical {
             count: [0; 31],
             offset: [0; 31],
             symbols: [0; 257],
+            short: [0; 256],
         };
         for &len in &CODE_LENGTHS {
             c.count[usize::from(len)] += 1;
@@ -421,12 +425,42 @@ fn canonical() -> &'static Canonical {
         }
         let mut next = c.offset;
         for (sym, &len) in CODE_LENGTHS.iter().enumerate() {
-            let slot = &mut next[usize::from(len)];
-            c.symbols[usize::from(*slot)] = sym as u16;
-            *slot += 1;
+            let l = usize::from(len);
+            let slot = next[l];
+            c.symbols[usize::from(slot)] = sym as u16;
+            next[l] += 1;
+            if len <= 8 {
+                let code = c.first[l] + u32::from(slot - c.offset[l]);
+                let base = (code << (8 - len)) as usize;
+                for x in 0..1usize << (8 - len) {
+                    c.short[base + x] = (sym as u16) << 4 | u16::from(len);
+                }
+            }
         }
         c
     })
+}
+
+impl Canonical {
+    /// A code longer than 8 bits at the top of `acc`'s `bits` bits: its
+    /// length, or `None` until more bits arrive.
+    fn long(&self, acc: u64, bits: u32, out: &mut Vec<u8>) -> Result<Option<u32>, Error> {
+        for len in 9..=bits.min(30) {
+            let code = ((acc >> (bits - len)) & ((1u64 << len) - 1)) as u32;
+            let l = len as usize;
+            // Never below `first`: no shorter code matched (canonical).
+            if code.wrapping_sub(self.first[l]) < self.count[l] {
+                let sym =
+                    self.symbols[usize::from(self.offset[l]) + (code - self.first[l]) as usize];
+                if sym == 256 {
+                    return Err(Error::Huffman);
+                }
+                out.push(sym as u8);
+                return Ok(Some(len));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Decodes a Huffman-coded string, appending to `out`. Padding must be
@@ -434,28 +468,37 @@ fn canonical() -> &'static Canonical {
 /// (RFC 7541 §5.2).
 pub fn huffman_decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     let c = canonical();
+    // At most 8/5 symbols per byte.
+    out.reserve(src.len() * 8 / 5 + 1);
     let mut acc: u64 = 0;
     let mut bits: u32 = 0;
     for &byte in src {
         acc = (acc << 8) | u64::from(byte);
         bits += 8;
-        'symbols: while bits >= 5 {
-            for len in 5..=bits.min(30) {
-                let code = ((acc >> (bits - len)) & ((1u64 << len) - 1)) as u32;
-                let l = len as usize;
-                // Never below `first`: no shorter code matched (canonical).
-                if code.wrapping_sub(c.first[l]) < c.count[l] {
-                    let sym = c.symbols[usize::from(c.offset[l]) + (code - c.first[l]) as usize];
-                    if sym == 256 {
-                        return Err(Error::Huffman);
-                    }
-                    out.push(sym as u8);
-                    bits -= len;
-                    continue 'symbols;
-                }
+        while bits >= 8 {
+            let e = c.short[((acc >> (bits - 8)) & 0xff) as usize];
+            if e != 0 {
+                out.push((e >> 4) as u8);
+                bits -= u32::from(e & 0xf);
+                continue;
             }
+            match c.long(acc, bits, out)? {
+                Some(len) => bits -= len,
+                None => break,
+            }
+        }
+    }
+    // Short codes may remain in the last few bits (padded with ones).
+    while (5..8).contains(&bits) {
+        let pad = 8 - bits;
+        let peek = ((acc << pad) | ((1 << pad) - 1)) & 0xff;
+        let e = c.short[peek as usize];
+        let len = u32::from(e & 0xf);
+        if e == 0 || len > bits {
             break;
         }
+        out.push((e >> 4) as u8);
+        bits -= len;
     }
     let mask = (1u64 << bits) - 1;
     if bits > 7 || acc & mask != mask {

@@ -756,14 +756,18 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 } else {
                     Role::Trailers
                 };
-                self.client_block = Some(Block {
+                let mut block = Block {
                     stream: h.stream,
                     end_stream: h.flags & END_STREAM != 0,
                     role,
-                    fragment: fragment.to_vec(),
-                });
+                    fragment: Vec::new(),
+                };
                 if h.flags & END_HEADERS != 0 {
-                    self.end_client_block(to_app)?;
+                    // The common case: decoded in place, nothing copied.
+                    self.end_client_block(block, fragment, to_app)?;
+                } else {
+                    block.fragment = fragment.to_vec();
+                    self.client_block = Some(block);
                 }
             }
             CONTINUATION => {
@@ -782,7 +786,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 }
                 block.fragment.extend_from_slice(payload);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_client_block(to_app)?;
+                    if let Some(mut block) = self.client_block.take() {
+                        let fragment = std::mem::take(&mut block.fragment);
+                        self.end_client_block(block, &fragment, to_app)?;
+                    }
                 }
             }
             // Advisory, and deprecated (RFC 9113 §5.3.2): not relayed.
@@ -849,17 +856,19 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         self.limits.max_header_list as usize + MAX_FRAME
     }
 
-    fn end_client_block(&mut self, to_app: &mut Vec<u8>) -> Result<(), ConnError> {
-        let Some(block) = self.client_block.take() else {
-            return Ok(());
-        };
+    fn end_client_block(
+        &mut self,
+        block: Block,
+        fragment: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
         self.enc.clear();
         self.fields.clear();
         let trailers = block.role != Role::Request;
         let max_list = self.limits.max_header_list as usize;
         let d = decode_request(
             &mut self.req_decoder,
-            &block.fragment,
+            fragment,
             trailers,
             max_list,
             &mut self.enc,
@@ -1104,15 +1113,18 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             HEADERS => {
                 let fragment = headers_fragment(h.flags, payload)
                     .ok_or(app_err(PROTOCOL_ERROR, "bad HEADERS padding"))?;
-                self.app_block = Some(Block {
+                let mut block = Block {
                     stream: h.stream,
                     end_stream: h.flags & END_STREAM != 0,
                     role: Role::Response,
-                    fragment: fragment.to_vec(),
-                });
+                    fragment: Vec::new(),
+                };
                 to_client.extend_from_slice(raw);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_app_block()?;
+                    self.end_app_block(block, fragment)?;
+                } else {
+                    block.fragment = fragment.to_vec();
+                    self.app_block = Some(block);
                 }
             }
             CONTINUATION => {
@@ -1129,7 +1141,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 block.fragment.extend_from_slice(payload);
                 to_client.extend_from_slice(raw);
                 if h.flags & END_HEADERS != 0 {
-                    self.end_app_block()?;
+                    if let Some(mut block) = self.app_block.take() {
+                        let fragment = std::mem::take(&mut block.fragment);
+                        self.end_app_block(block, &fragment)?;
+                    }
                 }
             }
             SETTINGS => {
@@ -1155,13 +1170,10 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         Ok(())
     }
 
-    fn end_app_block(&mut self) -> Result<(), ConnError> {
-        let Some(block) = self.app_block.take() else {
-            return Ok(());
-        };
+    fn end_app_block(&mut self, block: Block, fragment: &[u8]) -> Result<(), ConnError> {
         let (mut status, mut grpc) = (None, None);
         self.rsp_decoder
-            .decode(&block.fragment, |name, value| match name {
+            .decode(fragment, |name, value| match name {
                 b":status" => status = parse_u32(value).and_then(|s| u16::try_from(s).ok()),
                 b"grpc-status" => grpc = parse_u32(value),
                 _ => {}
@@ -1533,5 +1545,481 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
             self.idle.as_mut().reset(next);
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{is_grpc, respond, Refusal};
+    use std::cell::RefCell;
+
+    /// (method, path, `x-a` header) of a request the gate saw.
+    type Seen = (String, String, Option<Vec<u8>>);
+
+    /// Allows paths under `/a`, denies the rest as policy would.
+    #[derive(Default)]
+    struct TestGate {
+        id: Option<Vec<u8>>,
+        requests: RefCell<Vec<Seen>>,
+        responses: RefCell<Vec<(u16, Option<u32>)>>,
+    }
+
+    impl Gate for TestGate {
+        fn request(
+            &self,
+            method: &Method,
+            path: &str,
+            headers: &dyn RequestHeaders,
+        ) -> Result<(), Response<ProxyBody>> {
+            let mut xa = None;
+            headers.any_value(&HeaderName::from_static("x-a"), &mut |v| {
+                xa = Some(v.to_vec());
+                true
+            });
+            self.requests
+                .borrow_mut()
+                .push((method.to_string(), path.to_string(), xa));
+            if path.starts_with("/a") {
+                Ok(())
+            } else {
+                Err(respond(Refusal::Unauthorized, is_grpc(headers)))
+            }
+        }
+        fn client_id(&self) -> Option<&[u8]> {
+            self.id.as_deref()
+        }
+        fn response(&self, status: u16, grpc_status: Option<u32>, _: Duration) {
+            self.responses.borrow_mut().push((status, grpc_status));
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_concurrent_streams: 100,
+            max_header_list: 16 * 1024,
+            max_pending_resets: 3,
+            max_local_resets: 3,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        put_head(&mut f, payload.len(), kind, flags, stream);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn settings(params: &[(u16, u32)]) -> Vec<u8> {
+        let mut p = Vec::new();
+        for &(id, v) in params {
+            put_setting(&mut p, id, v);
+        }
+        frame(SETTINGS, 0, 0, &p)
+    }
+
+    type Frame = (u8, u8, u32, Vec<u8>);
+
+    fn frames(mut b: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while b.len() >= 9 {
+            let h = parse_head(b);
+            out.push((h.kind, h.flags, h.stream, b[9..9 + h.len].to_vec()));
+            b = &b[9 + h.len..];
+        }
+        assert!(b.is_empty(), "trailing partial frame");
+        out
+    }
+
+    fn fields(decoder: &mut Decoder, block: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        decoder
+            .decode(block, |n, v| {
+                out.push((
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ))
+            })
+            .expect("decodes");
+        out
+    }
+
+    fn settings_of(payload: &[u8]) -> Vec<(u16, u32)> {
+        payload
+            .chunks_exact(6)
+            .map(|p| {
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                )
+            })
+            .collect()
+    }
+
+    /// A client talking to a relay: encodes with a real HPACK encoder
+    /// (dynamic table on), collects what reaches the app and the client.
+    struct Harness<'g> {
+        relay: Relay<'g, TestGate>,
+        enc: loona_hpack::Encoder<'static>,
+        to_app: Vec<u8>,
+        to_client: Vec<u8>,
+    }
+
+    impl<'g> Harness<'g> {
+        fn new(gate: &'g TestGate, limits: Limits) -> Self {
+            let mut h = Harness {
+                relay: Relay::new(gate, limits),
+                enc: loona_hpack::Encoder::new(),
+                to_app: Vec::new(),
+                to_client: Vec::new(),
+            };
+            h.client(&settings(&[])).unwrap();
+            h.app(&settings(&[])).unwrap();
+            h.to_app.clear();
+            h.to_client.clear();
+            h
+        }
+
+        fn client(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+            let mut input = BytesMut::from(bytes);
+            let r = self.relay.client_frames(&mut input, &mut self.to_app);
+            self.relay.take_injected(&mut self.to_client);
+            r
+        }
+
+        fn app(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+            let mut input = BytesMut::from(bytes);
+            self.relay.app_frames(&mut input, &mut self.to_client)
+        }
+
+        fn block(&mut self, headers: &[(&str, &str)]) -> Vec<u8> {
+            self.enc
+                .encode(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        }
+
+        fn request(&mut self, stream: u32, path: &str, extra: &[(&str, &str)], end: bool) {
+            let mut h = vec![
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "web"),
+                (":path", path),
+            ];
+            h.extend_from_slice(extra);
+            let block = self.block(&h);
+            let flags = END_HEADERS | if end { END_STREAM } else { 0 };
+            self.client(&frame(HEADERS, flags, stream, &block)).unwrap();
+        }
+    }
+
+    #[test]
+    fn allowed_requests_are_reencoded_with_only_the_verified_identity() {
+        let gate = TestGate {
+            id: Some(b"web.ns.serviceaccount.identity.linkerd.cluster.local".to_vec()),
+            ..TestGate::default()
+        };
+        let mut h = Harness::new(&gate, limits());
+        h.request(
+            1,
+            "/a?q=1",
+            &[("l5d-client-id", "forged"), ("x-a", "1")],
+            true,
+        );
+        let out = frames(&h.to_app);
+        assert_eq!(out.len(), 1);
+        let (kind, flags, stream, block) = &out[0];
+        assert_eq!((*kind, *stream), (HEADERS, 1));
+        assert_eq!(*flags, END_HEADERS | END_STREAM);
+        let got = fields(&mut Decoder::new(), block);
+        let ids: Vec<_> = got.iter().filter(|(n, _)| n == "l5d-client-id").collect();
+        assert_eq!(ids.len(), 1, "{got:?}");
+        assert_eq!(
+            ids[0].1,
+            "web.ns.serviceaccount.identity.linkerd.cluster.local"
+        );
+        assert!(got.contains(&(":path".into(), "/a?q=1".into())));
+        assert!(got.contains(&("x-a".into(), "1".into())));
+        assert_eq!(
+            gate.requests.borrow()[0],
+            ("POST".into(), "/a".into(), Some(b"1".to_vec())),
+            "policy sees the path without its query"
+        );
+        assert!(h.to_client.is_empty());
+    }
+
+    #[test]
+    fn denied_requests_are_answered_and_their_data_credited_back() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.request(1, "/b", &[], false);
+        h.client(&frame(DATA, 0, 1, &[7; 100])).unwrap();
+        h.client(&frame(DATA, END_STREAM, 1, &[7; 20])).unwrap();
+        assert!(h.to_app.is_empty(), "nothing of it reaches the app");
+        let out = frames(&h.to_client);
+        assert_eq!(out[0].0, HEADERS);
+        assert_eq!(out[0].1, END_HEADERS | END_STREAM);
+        let rsp = fields(&mut Decoder::new(), &out[0].3);
+        assert_eq!(rsp[0], (":status".into(), "403".into()));
+        assert!(rsp.contains(&(
+            "l5d-proxy-error".into(),
+            "unauthorized request on route".into()
+        )));
+        assert_eq!(out[1], (RST_STREAM, 0, 1, NO_ERROR.to_be_bytes().to_vec()));
+        assert_eq!(out[2], (WINDOW_UPDATE, 0, 0, 100u32.to_be_bytes().to_vec()));
+        assert_eq!(out[3], (WINDOW_UPDATE, 0, 0, 20u32.to_be_bytes().to_vec()));
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn grpc_denials_are_permission_denied() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.request(
+            1,
+            "/pkg.Svc/M",
+            &[("content-type", "application/grpc")],
+            true,
+        );
+        let out = frames(&h.to_client);
+        let rsp = fields(&mut Decoder::new(), &out[0].3);
+        assert_eq!(rsp[0], (":status".into(), "200".into()));
+        assert!(rsp.contains(&("grpc-status".into(), "7".into())));
+    }
+
+    #[test]
+    fn the_hpack_table_stays_in_step_across_denied_requests() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        // The denied request's fields enter the client's table; the next
+        // request refers to them by index.
+        h.request(1, "/b", &[("x-a", "shared")], true);
+        h.request(3, "/a", &[("x-a", "shared")], true);
+        let out = frames(&h.to_app);
+        assert_eq!(out.len(), 1);
+        let got = fields(&mut Decoder::new(), &out[0].3);
+        assert!(got.contains(&("x-a".into(), "shared".into())), "{got:?}");
+        assert!(got.contains(&(":authority".into(), "web".into())));
+        assert_eq!(gate.requests.borrow()[1].2.as_deref(), Some(&b"shared"[..]));
+    }
+
+    #[test]
+    fn settings_carry_the_proxys_limits_both_ways() {
+        let gate = TestGate::default();
+        let mut relay = Relay::new(&gate, limits());
+        let (mut to_app, mut to_client) = (Vec::new(), Vec::new());
+        let client = settings(&[
+            (ENABLE_PUSH, 1),
+            (MAX_FRAME_SIZE, 1 << 20),
+            (HEADER_TABLE_SIZE, 1 << 20),
+            (0x4, 1 << 20),
+        ]);
+        relay
+            .client_frames(&mut BytesMut::from(&client[..]), &mut to_app)
+            .unwrap();
+        let sent = settings_of(&frames(&to_app)[0].3);
+        assert_eq!(
+            sent,
+            vec![
+                (MAX_FRAME_SIZE, MAX_FRAME as u32),
+                (HEADER_TABLE_SIZE, MAX_TABLE),
+                (0x4, 1 << 20),
+                (ENABLE_PUSH, 0)
+            ]
+        );
+        let app = settings(&[(ENABLE_CONNECT_PROTOCOL, 1), (MAX_CONCURRENT_STREAMS, 1000)]);
+        relay
+            .app_frames(&mut BytesMut::from(&app[..]), &mut to_client)
+            .unwrap();
+        let sent = settings_of(&frames(&to_client)[0].3);
+        assert_eq!(
+            sent,
+            vec![
+                (MAX_CONCURRENT_STREAMS, 100),
+                (MAX_HEADER_LIST_SIZE, 16 * 1024)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_proxys_frames_never_split_a_response_header_block() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.request(1, "/a", &[], true);
+        let mut rsp = loona_hpack::Encoder::new();
+        let block = rsp.encode([(&b":status"[..], &b"200"[..]), (b"x-long", &[b'v'; 40][..])]);
+        let (first, rest) = block.split_at(5);
+        h.app(&frame(HEADERS, 0, 1, first)).unwrap();
+        h.request(3, "/b", &[], true);
+        assert_eq!(frames(&h.to_client).len(), 1, "the 403 waits");
+        h.app(&frame(CONTINUATION, END_HEADERS, 1, rest)).unwrap();
+        let out = frames(&h.to_client);
+        let kinds: Vec<_> = out.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(kinds, vec![(HEADERS, 1), (CONTINUATION, 1), (HEADERS, 3)]);
+    }
+
+    #[test]
+    fn responses_are_counted_with_grpc_status_from_trailers() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.request(1, "/a", &[], true);
+        let mut rsp = loona_hpack::Encoder::new();
+        let head = rsp.encode([(&b":status"[..], &b"200"[..])]);
+        let trailers = rsp.encode([(&b"grpc-status"[..], &b"5"[..])]);
+        h.app(&frame(HEADERS, END_HEADERS, 1, &head)).unwrap();
+        h.app(&frame(DATA, 0, 1, b"body")).unwrap();
+        assert!(gate.responses.borrow().is_empty(), "counted when it ends");
+        h.app(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers))
+            .unwrap();
+        assert_eq!(*gate.responses.borrow(), vec![(200, Some(5))]);
+        assert!(h.relay.is_idle());
+        // Everything the app sent reached the client verbatim.
+        assert_eq!(frames(&h.to_client).len(), 3);
+    }
+
+    #[test]
+    fn malformed_requests_are_reset_and_a_flood_of_them_closes() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        let bad: [&[(&str, &str)]; 4] = [
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/a"),
+                ("X-Up", "1"),
+            ],
+            &[
+                (":method", "GET"),
+                ("x-a", "1"),
+                (":scheme", "http"),
+                (":path", "/a"),
+            ],
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/a"),
+                ("connection", "x"),
+            ],
+            &[(":method", "CONNECT"), (":authority", "web:443")],
+        ];
+        for (i, headers) in bad.iter().enumerate() {
+            let block = h.block(headers);
+            let r = h.client(&frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                2 * i as u32 + 1,
+                &block,
+            ));
+            if i < 3 {
+                r.unwrap();
+            } else {
+                assert_eq!(r.unwrap_err().code, ENHANCE_YOUR_CALM, "past the limit");
+            }
+        }
+        assert!(h.to_app.is_empty());
+        let resets: Vec<_> = frames(&h.to_client)
+            .into_iter()
+            .filter(|f| f.0 == RST_STREAM)
+            .map(|f| (f.2, f.3))
+            .collect();
+        assert_eq!(resets.len(), 4);
+        assert!(resets
+            .iter()
+            .all(|(_, code)| *code == PROTOCOL_ERROR.to_be_bytes()));
+        assert!(gate.requests.borrow().is_empty(), "policy never saw them");
+    }
+
+    #[test]
+    fn streams_over_the_concurrency_limit_are_refused() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(
+            &gate,
+            Limits {
+                max_concurrent_streams: 2,
+                ..limits()
+            },
+        );
+        for id in [1, 3, 5] {
+            h.request(id, "/a", &[], false);
+        }
+        assert_eq!(frames(&h.to_app).len(), 2);
+        let out = frames(&h.to_client);
+        assert_eq!(
+            out,
+            vec![(RST_STREAM, 0, 5, REFUSED_STREAM.to_be_bytes().to_vec())]
+        );
+        // Its late DATA is dropped, not forwarded.
+        h.client(&frame(DATA, END_STREAM, 5, b"x")).unwrap();
+        assert_eq!(frames(&h.to_app).len(), 2);
+    }
+
+    #[test]
+    fn streams_reset_before_their_response_are_limited() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        let mut last = Ok(());
+        for i in 0..5u32 {
+            let id = 2 * i + 1;
+            h.request(id, "/a", &[], true);
+            last = h.client(&frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+            if last.is_err() {
+                assert_eq!(i, 3, "the fourth reset crosses a limit of 3");
+                break;
+            }
+        }
+        assert_eq!(last.unwrap_err().code, ENHANCE_YOUR_CALM);
+    }
+
+    #[test]
+    fn an_oversized_header_list_gets_431() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        let big = "v".repeat(20_000);
+        h.request(1, "/a", &[("x-big", &big)], true);
+        assert!(h.to_app.is_empty());
+        let out = frames(&h.to_client);
+        let rsp = fields(&mut Decoder::new(), &out[0].3);
+        assert_eq!(rsp[0], (":status".into(), "431".into()));
+        // The table kept up: the next request decodes.
+        h.request(3, "/a", &[], true);
+        assert_eq!(frames(&h.to_app).len(), 1);
+    }
+
+    #[test]
+    fn header_blocks_span_continuations_both_ways() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(
+            &gate,
+            Limits {
+                max_header_list: 64 * 1024,
+                ..limits()
+            },
+        );
+        let big = "v".repeat(15_000);
+        let block = h.block(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/a"),
+            ("x-1", &big),
+            ("x-2", &big),
+        ]);
+        let (a, b) = block.split_at(100);
+        h.client(&frame(HEADERS, END_STREAM, 1, a)).unwrap();
+        assert!(h.to_app.is_empty(), "not before the block ends");
+        h.client(&frame(CONTINUATION, END_HEADERS, 1, b)).unwrap();
+        // Re-encoded over 16 KiB: split at the app's frame size.
+        let out = frames(&h.to_app);
+        let kinds: Vec<_> = out.iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(
+            kinds,
+            vec![(HEADERS, END_STREAM), (CONTINUATION, END_HEADERS)]
+        );
+        assert!(out.iter().all(|f| f.3.len() <= DEFAULT_MAX_FRAME));
+        let joined: Vec<u8> = out.iter().flat_map(|f| f.3.clone()).collect();
+        assert!(fields(&mut Decoder::new(), &joined).contains(&("x-2".into(), big.clone())));
+        // A block interrupted by another frame is a connection error.
+        let block = h.block(&[(":method", "GET"), (":scheme", "http"), (":path", "/a")]);
+        h.client(&frame(HEADERS, 0, 3, &block)).unwrap();
+        let err = h.client(&frame(DATA, 0, 3, b"x")).unwrap_err();
+        assert_eq!(err.code, PROTOCOL_ERROR);
     }
 }
