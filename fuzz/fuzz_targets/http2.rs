@@ -39,7 +39,9 @@ use portcullis_policy::RequestHeaders;
 use portcullis_proxy::authz::{respond, Refusal};
 use portcullis_proxy::hpack::Decoder;
 use portcullis_proxy::http::ProxyBody;
-use portcullis_proxy::http2::{ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR, MAX_FRAME};
+use portcullis_proxy::http2::{
+    ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR, MAX_FRAME, MAX_TABLE,
+};
 
 const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
@@ -48,8 +50,6 @@ const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// `http2::MAX_TABLE` (private): the HPACK table size SETTINGS are capped to.
-const MAX_TABLE: u32 = 64 * 1024;
 const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
 
 fuzz_target!(|data: &[u8]| {

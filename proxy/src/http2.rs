@@ -101,7 +101,7 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// The frame size every peer accepts before its SETTINGS say otherwise.
 const DEFAULT_MAX_FRAME: usize = 16_384;
 /// HPACK tables the relay mirrors are capped to this (SETTINGS rewritten).
-const MAX_TABLE: u32 = 64 * 1024;
+pub const MAX_TABLE: u32 = 64 * 1024;
 const DEFAULT_TABLE: usize = 4_096;
 /// Refused streams remembered, so their late frames are dropped, not
 /// forwarded (a client stops sending soon after RST_STREAM).
