@@ -412,7 +412,7 @@ async fn too_many_malformed_http2_streams_close_the_connection() {
             );
         }
     }
-    assert_eq!(app.requests(), 0, "no malformed request reached the app");
+    assert_eq!(app.connections(), 0, "no malformed request reached the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

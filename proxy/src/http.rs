@@ -316,26 +316,9 @@ impl HttpServer {
                 }
             }
         } else if version == HttpVersion::Http2 && conn.upstream.version == HttpVersion::Http2 {
-            // The relay needs its own app connection; without one, hyper
-            // serves the connection and answers each request with a 502.
-            match conn.pool().connect_raw().await {
-                Ok(app) => Box::pin(http2::serve(
-                    io,
-                    app,
-                    &conn,
-                    &self.relay,
-                    &drain,
-                    &self.draining,
-                ))
+            Box::pin(http2::serve(io, &conn, &self.relay, &drain, &self.draining))
                 .await
-                .map_err(ServeError::Relay),
-                Err(e) => {
-                    debug!(client = %conn.authz().conn().peer, error = %e, "no HTTP/2 relay: the application is unreachable");
-                    Box::pin(self.serve_hyper(io, version, conn, drain))
-                        .await
-                        .map_err(ServeError::Hyper)
-                }
-            }
+                .map_err(ServeError::Relay)
         } else {
             // Boxed: hyper's connection state would otherwise size every
             // connection task, fast path included.

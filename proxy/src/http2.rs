@@ -41,6 +41,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,10 +52,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use crate::authz::{is_grpc, respond, Refusal};
+use crate::forward::ForwardError;
 use crate::hpack::{self, Decoder};
-use crate::http::{grpc_status, HttpConn, ProxyBody, L5D_CLIENT_ID};
+use crate::http::{grpc_status, HttpConn, Pool, ProxyBody, L5D_CLIENT_ID};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -545,6 +548,8 @@ fn decode_request(
 #[derive(Debug)]
 struct Stream {
     id: u32,
+    /// For the proxy's own answer if the app cannot be reached.
+    grpc: bool,
     start: Instant,
     client_done: bool,
     app_done: bool,
@@ -595,6 +600,17 @@ pub struct Relay<'g, G: ?Sized> {
     rsp_table_max: usize,
     premature_resets: usize,
     local_resets: usize,
+    /// The app connection is opened for the first forwarded request:
+    /// until then the proxy answers SETTINGS and PING itself, and keeps
+    /// the client's SETTINGS and connection-window updates to replay.
+    app_started: bool,
+    early: Vec<u8>,
+    early_window: u32,
+    /// SETTINGS the proxy sent (and acknowledged) itself: that many ACKs
+    /// from the client, and from the app for the replayed ones, are the
+    /// proxy's, not to be relayed.
+    own_settings_unacked: usize,
+    replayed_settings_unacked: usize,
     /// The proxy's own frames to the client, held while a response header
     /// block is in progress.
     inject: Vec<u8>,
@@ -622,6 +638,11 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             rsp_table_max: DEFAULT_TABLE,
             premature_resets: 0,
             local_resets: 0,
+            app_started: false,
+            early: Vec::new(),
+            early_window: 0,
+            own_settings_unacked: 0,
+            replayed_settings_unacked: 0,
             inject: Vec::new(),
             enc: Vec::new(),
             fields: Vec::new(),
@@ -718,6 +739,11 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         );
         if stream_frame && h.stream == 0 {
             return Err(client_err(PROTOCOL_ERROR, "a stream frame on stream 0"));
+        }
+        // RFC 9113 §5.1: only HEADERS (and PRIORITY) may open a stream.
+        if matches!(h.kind, DATA | RST_STREAM | WINDOW_UPDATE) && h.stream > self.last_client_stream
+        {
+            return Err(client_err(PROTOCOL_ERROR, "a frame on an idle stream"));
         }
         match h.kind {
             DATA => {
@@ -821,12 +847,20 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                     return Err(client_err(PROTOCOL_ERROR, "SETTINGS on a stream"));
                 }
                 if h.flags & ACK != 0 {
-                    to_app.extend_from_slice(raw);
+                    if self.own_settings_unacked > 0 {
+                        self.own_settings_unacked -= 1;
+                    } else {
+                        to_app.extend_from_slice(raw);
+                    }
                 } else {
                     if !h.len.is_multiple_of(6) {
                         return Err(client_err(FRAME_SIZE_ERROR, "SETTINGS length"));
                     }
-                    self.client_settings(payload, to_app);
+                    if self.app_started {
+                        self.client_settings(payload, to_app);
+                    } else {
+                        self.early_settings(payload);
+                    }
                 }
             }
             PUSH_PROMISE => return Err(client_err(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
@@ -834,13 +868,30 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 if h.stream != 0 {
                     return Err(client_err(PROTOCOL_ERROR, "a connection frame on a stream"));
                 }
-                to_app.extend_from_slice(raw);
+                if h.kind == PING && h.len != 8 {
+                    return Err(client_err(FRAME_SIZE_ERROR, "PING length"));
+                }
+                if self.app_started {
+                    to_app.extend_from_slice(raw);
+                } else if h.kind == PING && h.flags & ACK == 0 {
+                    // No app yet: the proxy is the peer.
+                    put_head(&mut self.inject, 8, PING, ACK, 0);
+                    self.inject.extend_from_slice(payload);
+                }
             }
             WINDOW_UPDATE => {
                 if h.len != 4 {
                     return Err(client_err(FRAME_SIZE_ERROR, "WINDOW_UPDATE length"));
                 }
-                if !self.is_refused(h.stream) || h.stream == 0 {
+                if !self.app_started {
+                    // Only the connection window can grow before a stream
+                    // is forwarded; the app gets the sum when it starts.
+                    if h.stream == 0 {
+                        let inc =
+                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        self.early_window = self.early_window.saturating_add(inc & 0x7fff_ffff);
+                    }
+                } else if !self.is_refused(h.stream) || h.stream == 0 {
                     to_app.extend_from_slice(raw);
                 }
             }
@@ -949,12 +1000,15 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             self.answer(stream, end_stream, &rsp);
             return Ok(());
         }
+        let grpc = is_grpc(&fields);
         if let Some(id) = self.gate.client_id() {
             put_field(&mut self.enc, L5D_CLIENT_ID.as_bytes(), id);
         }
+        self.start_app(to_app);
         put_block(to_app, stream, end_stream, &self.enc, self.app_max_frame);
         self.streams.push(Stream {
             id: stream,
+            grpc,
             start,
             client_done: end_stream,
             app_done: false,
@@ -1017,6 +1071,64 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 self.streams.swap_remove(i);
             }
         }
+    }
+
+    /// SETTINGS before the app connection exists: the proxy sends its own
+    /// (first time), acknowledges the client's, and keeps them (rewritten)
+    /// for the app.
+    fn early_settings(&mut self, payload: &[u8]) {
+        if !self.client_settings {
+            let at = self.inject.len();
+            put_head(&mut self.inject, 0, SETTINGS, 0, 0);
+            put_setting(
+                &mut self.inject,
+                MAX_CONCURRENT_STREAMS,
+                self.limits.max_concurrent_streams,
+            );
+            put_setting(
+                &mut self.inject,
+                MAX_HEADER_LIST_SIZE,
+                self.limits.max_header_list,
+            );
+            fix_len(&mut self.inject, at);
+            self.own_settings_unacked += 1;
+        }
+        put_head(&mut self.inject, 0, SETTINGS, ACK, 0);
+        let mut early = std::mem::take(&mut self.early);
+        self.client_settings(payload, &mut early);
+        self.early = early;
+        self.replayed_settings_unacked += 1;
+    }
+
+    /// Before the first forwarded request: the connection preface, the
+    /// client's SETTINGS and window updates so far. The driver connects to
+    /// the app when there is something to send.
+    fn start_app(&mut self, to_app: &mut Vec<u8>) {
+        if self.app_started {
+            return;
+        }
+        self.app_started = true;
+        to_app.extend_from_slice(PREFACE);
+        to_app.append(&mut self.early);
+        if self.early_window > 0 {
+            put_window_update(to_app, 0, self.early_window as usize);
+        }
+    }
+
+    /// The app could not be reached: the forwarded streams get the proxy's
+    /// 502 (gRPC: UNAVAILABLE), and the connection closes gracefully (a
+    /// new one tries the app again).
+    pub fn app_unreachable(&mut self) {
+        for s in std::mem::take(&mut self.streams) {
+            let rsp = respond(Refusal::AppUnavailable, s.grpc);
+            self.gate.response(
+                rsp.status().as_u16(),
+                grpc_status(rsp.headers()),
+                s.start.elapsed(),
+            );
+            self.answer(s.id, s.client_done, &rsp);
+        }
+        self.go_away();
     }
 
     /// Rewrites the client's SETTINGS for the app: push off, frame size and
@@ -1149,7 +1261,11 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             }
             SETTINGS => {
                 if h.flags & ACK != 0 {
-                    to_client.extend_from_slice(raw);
+                    if self.replayed_settings_unacked > 0 {
+                        self.replayed_settings_unacked -= 1;
+                    } else {
+                        to_client.extend_from_slice(raw);
+                    }
                 } else {
                     if !h.len.is_multiple_of(6) {
                         return Err(app_err(FRAME_SIZE_ERROR, "SETTINGS length"));
@@ -1293,7 +1409,6 @@ impl Outbox {
 /// then open streams finish).
 pub async fn serve<I>(
     client: I,
-    app: TcpStream,
     conn: &HttpConn,
     limits: &Limits,
     drain: &CancellationToken,
@@ -1304,7 +1419,10 @@ where
 {
     let mut d = Driver {
         client,
-        app,
+        app: None,
+        connecting: None,
+        app_failed: false,
+        pool: conn.pool().clone(),
         relay: Relay::new(conn, limits.clone()),
         from_client: BytesMut::with_capacity(READ_CHUNK),
         from_app: BytesMut::with_capacity(READ_CHUNK),
@@ -1321,7 +1439,6 @@ where
         drain_registered: false,
         error: None,
     };
-    d.to_app.buf.extend_from_slice(PREFACE);
     let drained = drain.cancelled();
     tokio::pin!(drained);
     let res = std::future::poll_fn(|cx| d.poll(cx, drained.as_mut())).await;
@@ -1333,9 +1450,17 @@ where
     res
 }
 
+/// Connecting to the app (boxed: only while it lasts).
+type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, ForwardError>> + Send>>;
+
 struct Driver<'a, 'g, I> {
     client: I,
-    app: TcpStream,
+    /// Opened when the first request is forwarded.
+    app: Option<TcpStream>,
+    connecting: Option<Connecting>,
+    /// The app could not be reached: nothing more is sent to it.
+    app_failed: bool,
+    pool: Arc<Pool>,
     relay: Relay<'g, HttpConn>,
     from_client: BytesMut,
     from_app: BytesMut,
@@ -1364,10 +1489,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
             let mut progress = false;
             // writes first: they make room for reads
             if !self.to_app.buf.is_empty() {
-                match self.to_app.poll_flush(cx, &mut self.app) {
-                    Poll::Ready(Ok(())) => progress = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::App(e))),
-                    Poll::Pending => {}
+                match &mut self.app {
+                    Some(app) => match self.to_app.poll_flush(cx, app) {
+                        Poll::Ready(Ok(())) => progress = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::App(e))),
+                        Poll::Pending => {}
+                    },
+                    None if self.app_failed => self.to_app.buf.clear(),
+                    None => progress |= self.poll_connect(cx),
                 }
             }
             if self.closing || self.app_eof {
@@ -1394,7 +1523,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
                     Poll::Pending => {}
                 }
             }
-            if !self.closing && !self.app_eof && room {
+            if !self.closing && !self.app_eof && room && self.app.is_some() {
                 match self.read_app(cx) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -1463,8 +1592,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
         if self.from_app.capacity() - self.from_app.len() < 1024 {
             self.from_app.reserve(READ_CHUNK);
         }
-        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.app), cx, &mut self.from_app)
-        {
+        let Some(app) = self.app.as_mut() else {
+            return Poll::Pending;
+        };
+        let n = match tokio_util::io::poll_read_buf(Pin::new(app), cx, &mut self.from_app) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::App(e))),
             Poll::Pending => return Poll::Pending,
@@ -1482,6 +1613,31 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
         }
         self.after_frames(was_idle);
         Poll::Ready(Ok(()))
+    }
+
+    /// Connects to the app; `true` when that attempt ended. If it fails,
+    /// the waiting requests get 502s and the connection closes gracefully.
+    fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
+        let pool = &self.pool;
+        let connecting = self.connecting.get_or_insert_with(|| {
+            let pool = pool.clone();
+            Box::pin(async move { pool.connect_raw().await })
+        });
+        let Poll::Ready(res) = connecting.as_mut().poll(cx) else {
+            return false;
+        };
+        self.connecting = None;
+        match res {
+            Ok(app) => self.app = Some(app),
+            Err(e) => {
+                warn!(error = %e, "HTTP/2 requests failed: the application is unreachable");
+                self.to_app.buf.clear();
+                self.app_failed = true;
+                self.relay.app_unreachable();
+                self.closing = self.relay.is_idle();
+            }
+        }
+        true
     }
 
     fn after_frames(&mut self, was_idle: bool) {
@@ -1551,7 +1707,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::{is_grpc, respond, Refusal};
     use std::cell::RefCell;
 
     /// (method, path, `x-a` header) of a request the gate saw.
@@ -1681,10 +1836,20 @@ mod tests {
             h
         }
 
+        /// Feeds client bytes; the app connection's opening (preface and
+        /// replayed SETTINGS) is checked and left out of `to_app`.
         fn client(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
             let mut input = BytesMut::from(bytes);
+            let before = self.to_app.len();
             let r = self.relay.client_frames(&mut input, &mut self.to_app);
             self.relay.take_injected(&mut self.to_client);
+            if self.to_app[before..].starts_with(PREFACE) {
+                let rest = self.to_app.split_off(before + PREFACE.len());
+                self.to_app.truncate(before);
+                let h = parse_head(&rest);
+                assert_eq!(h.kind, SETTINGS, "the client's SETTINGS follow the preface");
+                self.to_app.extend_from_slice(&rest[9 + h.len..]);
+            }
             r
         }
 
@@ -1816,9 +1981,33 @@ mod tests {
         relay
             .client_frames(&mut BytesMut::from(&client[..]), &mut to_app)
             .unwrap();
-        let sent = settings_of(&frames(&to_app)[0].3);
+        relay.take_injected(&mut to_client);
+        // No app connection yet: the proxy answers with its own SETTINGS.
+        assert!(to_app.is_empty());
+        let out = frames(&to_client);
         assert_eq!(
-            sent,
+            settings_of(&out[0].3),
+            vec![
+                (MAX_CONCURRENT_STREAMS, 100),
+                (MAX_HEADER_LIST_SIZE, 16 * 1024)
+            ]
+        );
+        assert_eq!((out[1].0, out[1].1), (SETTINGS, ACK));
+        // The first forwarded request opens the app connection with the
+        // client's SETTINGS, rewritten.
+        let block = loona_hpack::Encoder::new().encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/a"),
+        ]);
+        let req = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
+        relay
+            .client_frames(&mut BytesMut::from(&req[..]), &mut to_app)
+            .unwrap();
+        assert!(to_app.starts_with(PREFACE));
+        let sent = frames(&to_app[PREFACE.len()..]);
+        assert_eq!(
+            settings_of(&sent[0].3),
             vec![
                 (MAX_FRAME_SIZE, MAX_FRAME as u32),
                 (HEADER_TABLE_SIZE, MAX_TABLE),
@@ -1826,18 +2015,87 @@ mod tests {
                 (ENABLE_PUSH, 0)
             ]
         );
+        assert_eq!(sent[1].0, HEADERS);
+        // The app's SETTINGS reach the client with the proxy's limits; its
+        // ACK of the replayed SETTINGS, and the client's ACK of the proxy's,
+        // are the proxy's own and go no further.
+        to_client.clear();
         let app = settings(&[(ENABLE_CONNECT_PROTOCOL, 1), (MAX_CONCURRENT_STREAMS, 1000)]);
-        relay
-            .app_frames(&mut BytesMut::from(&app[..]), &mut to_client)
-            .unwrap();
-        let sent = settings_of(&frames(&to_client)[0].3);
+        let mut app_in = BytesMut::from(&app[..]);
+        app_in.extend_from_slice(&frame(SETTINGS, ACK, 0, &[]));
+        relay.app_frames(&mut app_in, &mut to_client).unwrap();
+        let out = frames(&to_client);
+        assert_eq!(out.len(), 1, "the app's ACK stays with the proxy");
         assert_eq!(
-            sent,
+            settings_of(&out[0].3),
             vec![
                 (MAX_CONCURRENT_STREAMS, 100),
                 (MAX_HEADER_LIST_SIZE, 16 * 1024)
             ]
         );
+        to_app.clear();
+        let acks = [frame(SETTINGS, ACK, 0, &[]), frame(SETTINGS, ACK, 0, &[])].concat();
+        relay
+            .client_frames(&mut BytesMut::from(&acks[..]), &mut to_app)
+            .unwrap();
+        assert_eq!(
+            frames(&to_app),
+            vec![(SETTINGS, ACK, 0, vec![])],
+            "one ACK is the app's"
+        );
+    }
+
+    #[test]
+    fn a_connection_without_allowed_requests_never_reaches_the_app() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.client(&frame(PING, 0, 0, b"12345678")).unwrap();
+        h.client(&frame(WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes()))
+            .unwrap();
+        h.request(1, "/b", &[], true);
+        assert!(h.to_app.is_empty(), "nothing for the app");
+        let out = frames(&h.to_client);
+        assert_eq!(
+            out[0],
+            (PING, ACK, 0, b"12345678".to_vec()),
+            "the proxy answers"
+        );
+        assert_eq!(out[1].0, HEADERS, "the 403");
+        // The first allowed request brings the window update along.
+        h.request(3, "/a", &[], true);
+        let out = frames(&h.to_app);
+        assert_eq!(
+            out[0],
+            (WINDOW_UPDATE, 0, 0, 1000u32.to_be_bytes().to_vec())
+        );
+        assert_eq!((out[1].0, out[1].2), (HEADERS, 3));
+        // From now on PINGs are the app's to answer.
+        h.client(&frame(PING, 0, 0, b"abcdefgh")).unwrap();
+        assert_eq!(frames(&h.to_app)[2].0, PING);
+    }
+
+    #[test]
+    fn an_unreachable_app_gets_the_waiting_requests_502s() {
+        let gate = TestGate::default();
+        let mut h = Harness::new(&gate, limits());
+        h.request(1, "/a", &[("content-type", "application/grpc")], false);
+        h.request(3, "/a", &[], true);
+        h.to_client.clear();
+        h.relay.app_unreachable();
+        h.relay.take_injected(&mut h.to_client);
+        let out = frames(&h.to_client);
+        let mut dec = Decoder::new();
+        let first = fields(&mut dec, &out[0].3);
+        assert!(
+            first.contains(&("grpc-status".into(), "14".into())),
+            "{first:?}"
+        );
+        assert_eq!(out[1].0, RST_STREAM, "the unfinished request is cut short");
+        let second = fields(&mut dec, &out[2].3);
+        assert_eq!(second[0], (":status".into(), "502".into()));
+        assert_eq!(out.last().unwrap().0, GOAWAY);
+        assert_eq!(*gate.responses.borrow(), vec![(200, Some(14)), (502, None)]);
+        assert!(h.relay.is_idle());
     }
 
     #[test]
