@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 
 /// The table size both peers start with (RFC 9113 §6.5.2).
 pub const DEFAULT_TABLE_SIZE: usize = 4_096;
+/// Evicted entry buffers kept for reuse.
+const SPARE_BUFFERS: usize = 8;
 /// Integers beyond this are refused (no legitimate length or index is).
 const MAX_INT: usize = 1 << 28;
 
@@ -43,12 +45,15 @@ pub struct Decoder {
     /// What the decoding side advertised (SETTINGS_HEADER_TABLE_SIZE).
     allowed: usize,
     scratch: Vec<u8>,
+    /// Buffers of evicted entries, reused for new ones: a table that turns
+    /// over (a `date` per response) then costs no allocation.
+    spare: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
 struct Entry {
     /// The name, then the value.
-    bytes: Box<[u8]>,
+    bytes: Vec<u8>,
     name_len: usize,
 }
 
@@ -74,6 +79,7 @@ impl Default for Decoder {
             max_size: DEFAULT_TABLE_SIZE,
             allowed: DEFAULT_TABLE_SIZE,
             scratch: Vec::new(),
+            spare: Vec::new(),
         }
     }
 }
@@ -157,14 +163,15 @@ impl Decoder {
         let (name, value) = (resolve(name, 0), resolve(value, 1));
         f(name, value);
         if indexing {
-            let mut bytes = Vec::with_capacity(name.len() + value.len());
+            let need = name.len() + value.len();
+            let mut bytes = match self.spare.iter().position(|b| b.capacity() >= need) {
+                Some(i) => self.spare.swap_remove(i),
+                None => Vec::with_capacity(need),
+            };
             bytes.extend_from_slice(name);
             bytes.extend_from_slice(value);
             let name_len = name.len();
-            self.insert(Entry {
-                bytes: bytes.into_boxed_slice(),
-                name_len,
-            });
+            self.insert(Entry { bytes, name_len });
         }
         Ok(pos)
     }
@@ -186,7 +193,13 @@ impl Decoder {
     fn evict(&mut self, room: usize) {
         while self.size + room > self.max_size {
             match self.entries.pop_back() {
-                Some(e) => self.size -= e.bytes.len() + 32,
+                Some(mut e) => {
+                    self.size -= e.bytes.len() + 32;
+                    if self.spare.len() < SPARE_BUFFERS {
+                        e.bytes.clear();
+                        self.spare.push(e.bytes);
+                    }
+                }
                 None => break,
             }
         }
