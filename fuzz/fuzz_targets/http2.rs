@@ -40,7 +40,7 @@ use portcullis_proxy::authz::{respond, Refusal};
 use portcullis_proxy::hpack::Decoder;
 use portcullis_proxy::http::ProxyBody;
 use portcullis_proxy::http2::{
-    ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR, MAX_FRAME, MAX_TABLE,
+    ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR, MAX_FRAME, MAX_TABLE, PREFACE,
 };
 
 const HEADERS: u8 = 0x1;
@@ -251,6 +251,15 @@ fn settings(payload: &[u8]) -> Vec<(u16, u32)> {
 
 /// Checks the frames to the app; returns how many request blocks it got.
 fn check_to_app(out: &[u8]) -> usize {
+    // The app connection exists once something is sent, and opens with
+    // the preface.
+    let out = match out.strip_prefix(&PREFACE[..]) {
+        Some(rest) => rest,
+        None => {
+            assert!(out.is_empty(), "bytes to the app before the preface");
+            out
+        }
+    };
     let mut blocks = Blocks { open: None };
     let mut decoder = Decoder::new();
     let mut requests = 0;

@@ -747,7 +747,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         }
         match h.kind {
             DATA => {
-                if self.is_refused(h.stream) {
+                if self.is_local(h.stream) {
                     // The app never sees it: credit the client's window.
                     if h.len > 0 {
                         put_window_update(&mut self.inject, 0, h.len);
@@ -777,7 +777,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                     } else {
                         Role::Request
                     }
-                } else if self.is_refused(h.stream) {
+                } else if self.is_local(h.stream) {
                     Role::Ignore
                 } else {
                     Role::Trailers
@@ -824,7 +824,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 if h.len != 4 {
                     return Err(client_err(FRAME_SIZE_ERROR, "RST_STREAM length"));
                 }
-                if self.is_refused(h.stream) {
+                if self.is_local(h.stream) {
                     self.forget_refused(h.stream);
                     return Ok(());
                 }
@@ -849,7 +849,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 if h.flags & ACK != 0 {
                     if self.own_settings_unacked > 0 {
                         self.own_settings_unacked -= 1;
-                    } else {
+                    } else if self.app_started {
                         to_app.extend_from_slice(raw);
                     }
                 } else {
@@ -1050,6 +1050,13 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             self.refused.pop_front();
         }
         self.refused.push_back(stream);
+    }
+
+    /// A stream the proxy answered itself, whose late frames stay here:
+    /// a refused one, or any stream before the app connection exists (the
+    /// app must see nothing before the preface).
+    fn is_local(&self, stream: u32) -> bool {
+        !self.app_started || self.is_refused(stream)
     }
 
     fn is_refused(&self, stream: u32) -> bool {
@@ -2053,6 +2060,11 @@ mod tests {
         h.client(&frame(WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes()))
             .unwrap();
         h.request(1, "/b", &[], true);
+        // Late frames of an answered stream (a protocol error of the
+        // client's) stay here too: the app sees nothing before its preface.
+        h.client(&frame(DATA, 0, 1, b"late")).unwrap();
+        h.client(&frame(SETTINGS, ACK, 0, &[])).unwrap();
+        h.client(&frame(SETTINGS, ACK, 0, &[])).unwrap();
         assert!(h.to_app.is_empty(), "nothing for the app");
         let out = frames(&h.to_client);
         assert_eq!(
@@ -2061,6 +2073,7 @@ mod tests {
             "the proxy answers"
         );
         assert_eq!(out[1].0, HEADERS, "the 403");
+        assert_eq!(out[2], (WINDOW_UPDATE, 0, 0, 4u32.to_be_bytes().to_vec()));
         // The first allowed request brings the window update along.
         h.request(3, "/a", &[], true);
         let out = frames(&h.to_app);
