@@ -578,6 +578,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             Err(_) => None,
         }
     });
+    // The same over HTTP/2 (the relay: GOAWAY, then the open stream ends).
+    let mut tx2 = h2c(listen).await;
+    let in_flight_h2 = tokio::spawn(async move {
+        let rsp = tx2.send_request(get("http://web/slow?ms=800")).await;
+        match rsp {
+            Ok(rsp) => Some(read(rsp).await.0),
+            Err(_) => None,
+        }
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let term = Instant::now();
     proxy.sigterm();
@@ -591,6 +600,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         in_flight.await.unwrap(),
         Some(StatusCode::OK),
         "the in-flight request completes"
+    );
+    assert_eq!(
+        in_flight_h2.await.unwrap(),
+        Some(StatusCode::OK),
+        "the in-flight HTTP/2 stream completes"
     );
     let status = proxy
         .wait_exit(Duration::from_secs(5))
