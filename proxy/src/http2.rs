@@ -762,142 +762,189 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 }
                 to_app.extend_from_slice(raw);
             }
-            HEADERS => {
-                let fragment = headers_fragment(h.flags, payload)
-                    .ok_or(client_err(PROTOCOL_ERROR, "bad HEADERS padding"))?;
-                if h.stream.is_multiple_of(2) {
-                    return Err(client_err(PROTOCOL_ERROR, "HEADERS on an even stream id"));
-                }
-                let role = if h.stream > self.last_client_stream {
-                    self.last_client_stream = h.stream;
-                    if self.goaway_sent
-                        || self.streams.len() >= self.limits.max_concurrent_streams as usize
-                    {
-                        Role::Refuse
-                    } else {
-                        Role::Request
-                    }
-                } else if self.is_local(h.stream) {
-                    Role::Ignore
-                } else {
-                    Role::Trailers
-                };
-                let mut block = Block {
-                    stream: h.stream,
-                    end_stream: h.flags & END_STREAM != 0,
-                    role,
-                    fragment: Vec::new(),
-                };
-                if h.flags & END_HEADERS != 0 {
-                    // The common case: decoded in place, nothing copied.
-                    self.end_client_block(block, fragment, to_app)?;
-                } else {
-                    block.fragment = fragment.to_vec();
-                    self.client_block = Some(block);
-                }
-            }
-            CONTINUATION => {
-                let limit = self.block_limit();
-                let Some(block) = self.client_block.as_mut() else {
-                    return Err(client_err(
-                        PROTOCOL_ERROR,
-                        "CONTINUATION outside a header block",
-                    ));
-                };
-                if block.fragment.len() + payload.len() > limit {
-                    return Err(client_err(
-                        ENHANCE_YOUR_CALM,
-                        "a header block over the limit",
-                    ));
-                }
-                block.fragment.extend_from_slice(payload);
-                if h.flags & END_HEADERS != 0 {
-                    if let Some(mut block) = self.client_block.take() {
-                        let fragment = std::mem::take(&mut block.fragment);
-                        self.end_client_block(block, &fragment, to_app)?;
-                    }
-                }
-            }
+            HEADERS => self.client_headers(h, payload, to_app)?,
+            CONTINUATION => self.client_continuation(h, payload, to_app)?,
             // Advisory, and deprecated (RFC 9113 §5.3.2): not relayed.
             PRIORITY => {}
-            RST_STREAM => {
-                if h.len != 4 {
-                    return Err(client_err(FRAME_SIZE_ERROR, "RST_STREAM length"));
-                }
-                if self.is_local(h.stream) {
-                    self.forget_refused(h.stream);
-                    return Ok(());
-                }
-                if let Some(i) = self.find(h.stream) {
-                    let s = self.streams.swap_remove(i);
-                    if s.status.is_none() {
-                        self.premature_resets += 1;
-                        if self.premature_resets > self.limits.max_pending_resets {
-                            return Err(client_err(
-                                ENHANCE_YOUR_CALM,
-                                "too many streams reset before their response",
-                            ));
-                        }
-                    }
-                }
-                to_app.extend_from_slice(raw);
-            }
-            SETTINGS => {
-                if h.stream != 0 {
-                    return Err(client_err(PROTOCOL_ERROR, "SETTINGS on a stream"));
-                }
-                if h.flags & ACK != 0 {
-                    if self.own_settings_unacked > 0 {
-                        self.own_settings_unacked -= 1;
-                    } else if self.app_started {
-                        to_app.extend_from_slice(raw);
-                    }
-                } else {
-                    if !h.len.is_multiple_of(6) {
-                        return Err(client_err(FRAME_SIZE_ERROR, "SETTINGS length"));
-                    }
-                    if self.app_started {
-                        self.client_settings(payload, to_app);
-                    } else {
-                        self.early_settings(payload);
-                    }
-                }
-            }
+            RST_STREAM => self.client_reset(h, raw, to_app)?,
+            SETTINGS => self.client_settings_frame(h, raw, to_app)?,
             PUSH_PROMISE => return Err(client_err(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
-            PING | GOAWAY => {
-                if h.stream != 0 {
-                    return Err(client_err(PROTOCOL_ERROR, "a connection frame on a stream"));
-                }
-                if h.kind == PING && h.len != 8 {
-                    return Err(client_err(FRAME_SIZE_ERROR, "PING length"));
-                }
-                if self.app_started {
-                    to_app.extend_from_slice(raw);
-                } else if h.kind == PING && h.flags & ACK == 0 {
-                    // No app yet: the proxy is the peer.
-                    put_head(&mut self.inject, 8, PING, ACK, 0);
-                    self.inject.extend_from_slice(payload);
-                }
-            }
-            WINDOW_UPDATE => {
-                if h.len != 4 {
-                    return Err(client_err(FRAME_SIZE_ERROR, "WINDOW_UPDATE length"));
-                }
-                if !self.app_started {
-                    // Only the connection window can grow before a stream
-                    // is forwarded; the app gets the sum when it starts.
-                    if h.stream == 0 {
-                        let inc =
-                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        self.early_window = self.early_window.saturating_add(inc & 0x7fff_ffff);
-                    }
-                } else if !self.is_refused(h.stream) || h.stream == 0 {
-                    to_app.extend_from_slice(raw);
-                }
-            }
+            PING | GOAWAY => self.client_connection_frame(h, raw, to_app)?,
+            WINDOW_UPDATE => self.client_window_update(h, raw, to_app)?,
             // Unknown types are ignored (RFC 9113 §5.5); extensions are
             // per hop.
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// A HEADERS frame: a new request (or one refused), trailers, or a
+    /// block only decoded to keep the HPACK table in step.
+    fn client_headers(
+        &mut self,
+        h: Head,
+        payload: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let fragment = headers_fragment(h.flags, payload)
+            .ok_or(client_err(PROTOCOL_ERROR, "bad HEADERS padding"))?;
+        if h.stream.is_multiple_of(2) {
+            return Err(client_err(PROTOCOL_ERROR, "HEADERS on an even stream id"));
+        }
+        let role = if h.stream > self.last_client_stream {
+            self.last_client_stream = h.stream;
+            if self.goaway_sent || self.streams.len() >= self.limits.max_concurrent_streams as usize
+            {
+                Role::Refuse
+            } else {
+                Role::Request
+            }
+        } else if self.is_local(h.stream) {
+            Role::Ignore
+        } else {
+            Role::Trailers
+        };
+        let mut block = Block {
+            stream: h.stream,
+            end_stream: h.flags & END_STREAM != 0,
+            role,
+            fragment: Vec::new(),
+        };
+        if h.flags & END_HEADERS != 0 {
+            // The common case: decoded in place, nothing copied.
+            self.end_client_block(block, fragment, to_app)
+        } else {
+            block.fragment = fragment.to_vec();
+            self.client_block = Some(block);
+            Ok(())
+        }
+    }
+
+    fn client_continuation(
+        &mut self,
+        h: Head,
+        payload: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let limit = self.block_limit();
+        let Some(block) = self.client_block.as_mut() else {
+            return Err(client_err(
+                PROTOCOL_ERROR,
+                "CONTINUATION outside a header block",
+            ));
+        };
+        if block.fragment.len() + payload.len() > limit {
+            return Err(client_err(
+                ENHANCE_YOUR_CALM,
+                "a header block over the limit",
+            ));
+        }
+        block.fragment.extend_from_slice(payload);
+        if h.flags & END_HEADERS != 0 {
+            if let Some(mut block) = self.client_block.take() {
+                let fragment = std::mem::take(&mut block.fragment);
+                self.end_client_block(block, &fragment, to_app)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// RST_STREAM: relayed, and counted when the stream had no response
+    /// yet (rapid reset).
+    fn client_reset(&mut self, h: Head, raw: &[u8], to_app: &mut Vec<u8>) -> Result<(), ConnError> {
+        if h.len != 4 {
+            return Err(client_err(FRAME_SIZE_ERROR, "RST_STREAM length"));
+        }
+        if self.is_local(h.stream) {
+            self.forget_refused(h.stream);
+            return Ok(());
+        }
+        if let Some(i) = self.find(h.stream) {
+            let s = self.streams.swap_remove(i);
+            if s.status.is_none() {
+                self.premature_resets += 1;
+                if self.premature_resets > self.limits.max_pending_resets {
+                    return Err(client_err(
+                        ENHANCE_YOUR_CALM,
+                        "too many streams reset before their response",
+                    ));
+                }
+            }
+        }
+        to_app.extend_from_slice(raw);
+        Ok(())
+    }
+
+    fn client_settings_frame(
+        &mut self,
+        h: Head,
+        raw: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        if h.stream != 0 {
+            return Err(client_err(PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if h.flags & ACK != 0 {
+            if self.own_settings_unacked > 0 {
+                self.own_settings_unacked -= 1;
+            } else if self.app_started {
+                to_app.extend_from_slice(raw);
+            }
+            return Ok(());
+        }
+        if !h.len.is_multiple_of(6) {
+            return Err(client_err(FRAME_SIZE_ERROR, "SETTINGS length"));
+        }
+        if self.app_started {
+            self.client_settings(&raw[9..], to_app);
+        } else {
+            self.early_settings(&raw[9..]);
+        }
+        Ok(())
+    }
+
+    /// PING and GOAWAY: the app's to answer once it exists.
+    fn client_connection_frame(
+        &mut self,
+        h: Head,
+        raw: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        if h.stream != 0 {
+            return Err(client_err(PROTOCOL_ERROR, "a connection frame on a stream"));
+        }
+        if h.kind == PING && h.len != 8 {
+            return Err(client_err(FRAME_SIZE_ERROR, "PING length"));
+        }
+        if self.app_started {
+            to_app.extend_from_slice(raw);
+        } else if h.kind == PING && h.flags & ACK == 0 {
+            // No app yet: the proxy is the peer.
+            put_head(&mut self.inject, 8, PING, ACK, 0);
+            self.inject.extend_from_slice(&raw[9..]);
+        }
+        Ok(())
+    }
+
+    fn client_window_update(
+        &mut self,
+        h: Head,
+        raw: &[u8],
+        to_app: &mut Vec<u8>,
+    ) -> Result<(), ConnError> {
+        if h.len != 4 {
+            return Err(client_err(FRAME_SIZE_ERROR, "WINDOW_UPDATE length"));
+        }
+        if !self.app_started {
+            // Only the connection window can grow before a stream is
+            // forwarded; the app gets the sum (at most 2^31 - 1, the
+            // largest window) when it starts.
+            if h.stream == 0 {
+                let inc = u32::from_be_bytes([raw[9], raw[10], raw[11], raw[12]]) & 0x7fff_ffff;
+                self.early_window = self.early_window.saturating_add(inc).min(0x7fff_ffff);
+            }
+        } else if !self.is_refused(h.stream) || h.stream == 0 {
+            to_app.extend_from_slice(raw);
         }
         Ok(())
     }
