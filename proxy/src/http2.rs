@@ -6,10 +6,16 @@
 //! `h2` crate) costs about 60 k instructions per request: two stream state
 //! machines, two flow controllers, and tasks per request (see
 //! `benches/RESULTS.md`). Here one task relays frames between the client
-//! and a connection to the app it opened for this client, so stream ids,
+//! and a connection to the app that belongs to this client, so stream ids,
 //! flow control and SETTINGS stay end to end, and the proxy does only what
 //! enforcement needs:
 //!
+//! - The **app connection** is opened for the first allowed request. Until
+//!   then the proxy is the client's peer: it sends its own SETTINGS,
+//!   acknowledges the client's and answers PING, and replays the client's
+//!   SETTINGS and window updates to the app when it starts (their ACKs are
+//!   then the proxy's to swallow). A client whose requests are all denied
+//!   never reaches the app.
 //! - **Requests** (the client's header blocks) are decoded with HPACK
 //!   (`hpack.rs`), validated (pseudo-headers, lowercase names, no
 //!   connection-specific fields, no CR/LF/NUL), authorized by the same
