@@ -327,7 +327,7 @@ static STATIC: [(&[u8], &[u8]); 61] = [
 ];
 
 /// The first static-table index of a name (for encoding; a match, which
-/// compiles to far fewer comparisons than a scan of [`STATIC`]).
+/// compiles to far fewer comparisons than a scan of the static table).
 pub fn static_name_index(name: &[u8]) -> Option<usize> {
     Some(match name {
         b":authority" => 1,
