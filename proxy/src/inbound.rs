@@ -4,7 +4,7 @@
 //! accept, original destination, detect TLS, terminate mesh TLS, detect
 //! HTTP, authorize, forward — calling one module per stage. Read it to know
 //! what happens to a connection; read the stage modules to know how.
-//! [`Inbound::serve_direct`] is the same for the direct path (a connection
+//! `Inbound::serve_direct` is the same for the direct path (a connection
 //! to the inbound port itself: mTLS, then Linkerd's transport header names
 //! the port).
 //!
