@@ -40,7 +40,8 @@ use portcullis_proxy::authz::{respond, Refusal};
 use portcullis_proxy::hpack::Decoder;
 use portcullis_proxy::http::ProxyBody;
 use portcullis_proxy::http2::{
-    ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR, MAX_FRAME, MAX_TABLE, PREFACE,
+    headers_fragment, settings_params, ConnError, Gate, Limits, Relay, Side, COMPRESSION_ERROR,
+    MAX_FRAME, MAX_TABLE, PREFACE,
 };
 
 const HEADERS: u8 = 0x1;
@@ -205,7 +206,7 @@ impl Blocks {
             );
         }
         let fragment = match f.kind {
-            HEADERS => fragment(f.flags, f.payload).expect("HEADERS padding was checked"),
+            HEADERS => headers_fragment(f.flags, f.payload).expect("HEADERS padding was checked"),
             CONTINUATION => {
                 assert!(self.open.is_some(), "CONTINUATION outside a block");
                 f.payload
@@ -222,31 +223,9 @@ impl Blocks {
     }
 }
 
-fn fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
-    let mut p = payload;
-    let mut pad = 0;
-    if flags & PADDED != 0 {
-        let (&n, rest) = p.split_first()?;
-        pad = usize::from(n);
-        p = rest;
-    }
-    if flags & PRIORITY != 0 {
-        p = p.get(5..)?;
-    }
-    p.get(..p.len().checked_sub(pad)?)
-}
-
 fn settings(payload: &[u8]) -> Vec<(u16, u32)> {
     assert_eq!(payload.len() % 6, 0, "SETTINGS length");
-    payload
-        .chunks_exact(6)
-        .map(|p| {
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-            )
-        })
-        .collect()
+    settings_params(payload).collect()
 }
 
 /// Checks the frames to the app; returns how many request blocks it got.

@@ -1166,7 +1166,7 @@ async fn read_more(app: &mut TcpStream, rbuf: &mut BytesMut) -> io::Result<usize
 }
 
 /// Grows a read buffer when less than 1 KiB is free.
-fn make_room(buf: &mut BytesMut) {
+pub(crate) fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }

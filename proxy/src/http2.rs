@@ -64,6 +64,7 @@ use crate::authz::{is_grpc, respond, Refusal};
 use crate::forward::ForwardError;
 use crate::hpack::{self, Decoder};
 use crate::http::{grpc_status, HttpConn, Pool, ProxyBody, L5D_CLIENT_ID};
+use crate::http1::make_room;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -229,6 +230,38 @@ fn parse_head(b: &[u8]) -> Head {
     }
 }
 
+/// The head of the first frame in `input` once all of it has arrived
+/// (room is reserved for the rest meanwhile).
+fn complete_frame(input: &mut BytesMut, side: Side) -> Result<Option<Head>, ConnError> {
+    if input.len() < 9 {
+        return Ok(None);
+    }
+    let h = parse_head(input);
+    if h.len > MAX_FRAME {
+        return Err(ConnError {
+            code: FRAME_SIZE_ERROR,
+            why: "a frame over the size limit",
+            side,
+        });
+    }
+    if input.len() < 9 + h.len {
+        input.reserve(9 + h.len - input.len());
+        return Ok(None);
+    }
+    Ok(Some(h))
+}
+
+/// The parameters of a SETTINGS payload (length already checked to be a
+/// multiple of 6): (identifier, value).
+pub fn settings_params(payload: &[u8]) -> impl Iterator<Item = (u16, u32)> + '_ {
+    payload.chunks_exact(6).map(|p| {
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+        )
+    })
+}
+
 fn put_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u32) {
     let len = len as u32;
     out.extend_from_slice(&len.to_be_bytes()[1..]);
@@ -277,7 +310,7 @@ fn put_block(out: &mut Vec<u8>, stream: u32, end_stream: bool, block: &[u8], max
 
 /// The header block fragment of a HEADERS frame (padding and priority
 /// removed).
-fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+pub fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
     let mut p = payload;
     let mut pad = 0;
     if flags & PADDED != 0 {
@@ -688,15 +721,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         input: &mut BytesMut,
         to_app: &mut Vec<u8>,
     ) -> Result<(), ConnError> {
-        while input.len() >= 9 {
-            let h = parse_head(input);
-            if h.len > MAX_FRAME {
-                return Err(client_err(FRAME_SIZE_ERROR, "a frame over the size limit"));
-            }
-            if input.len() < 9 + h.len {
-                input.reserve(9 + h.len - input.len());
-                break;
-            }
+        while let Some(h) = complete_frame(input, Side::Client)? {
             self.client_frame(h, &input[..9 + h.len], to_app)?;
             input.advance(9 + h.len);
         }
@@ -710,15 +735,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         input: &mut BytesMut,
         to_client: &mut Vec<u8>,
     ) -> Result<(), ConnError> {
-        while input.len() >= 9 {
-            let h = parse_head(input);
-            if h.len > MAX_FRAME {
-                return Err(app_err(FRAME_SIZE_ERROR, "a frame over the size limit"));
-            }
-            if input.len() < 9 + h.len {
-                input.reserve(9 + h.len - input.len());
-                break;
-            }
+        while let Some(h) = complete_frame(input, Side::App)? {
             self.app_frame(h, &input[..9 + h.len], to_client)?;
             input.advance(9 + h.len);
             self.take_injected(to_client);
@@ -1196,9 +1213,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
     fn client_settings(&mut self, payload: &[u8], to_app: &mut Vec<u8>) {
         let at = to_app.len();
         put_head(to_app, 0, SETTINGS, 0, 0);
-        for p in payload.chunks_exact(6) {
-            let id = u16::from_be_bytes([p[0], p[1]]);
-            let mut value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+        for (id, mut value) in settings_params(payload) {
             match id {
                 ENABLE_PUSH => continue,
                 HEADER_TABLE_SIZE => {
@@ -1223,9 +1238,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         let at = to_client.len();
         put_head(to_client, 0, SETTINGS, 0, 0);
         let (mut streams_set, mut list_set) = (false, false);
-        for p in payload.chunks_exact(6) {
-            let id = u16::from_be_bytes([p[0], p[1]]);
-            let mut value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+        for (id, mut value) in settings_params(payload) {
             match id {
                 ENABLE_PUSH | ENABLE_CONNECT_PROTOCOL => continue,
                 HEADER_TABLE_SIZE => {
@@ -1429,7 +1442,17 @@ pub enum Error {
 
 /// Stop reading a side while this much waits for the other.
 const HIGH_WATER: usize = 256 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads what `io` has into `buf`, grown as the HTTP/1 path grows its
+/// buffers.
+fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    make_room(buf);
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
 
 /// Bytes waiting to be written to one side.
 #[derive(Default)]
@@ -1484,8 +1507,8 @@ where
         app_failed: false,
         pool: conn.pool().clone(),
         relay: Relay::new(conn, limits.clone()),
-        from_client: BytesMut::with_capacity(READ_CHUNK),
-        from_app: BytesMut::with_capacity(READ_CHUNK),
+        from_client: BytesMut::new(),
+        from_app: BytesMut::new(),
         to_app: Outbox::default(),
         to_client: Outbox::default(),
         preface: false,
@@ -1610,14 +1633,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
     }
 
     fn read_client(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.from_client.capacity() - self.from_client.len() < 1024 {
-            self.from_client.reserve(READ_CHUNK);
-        }
-        let n = match tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.client),
-            cx,
-            &mut self.from_client,
-        ) {
+        let n = match poll_fill(&mut self.client, cx, &mut self.from_client) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Client(e))),
             Poll::Pending => return Poll::Pending,
@@ -1649,13 +1665,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
     }
 
     fn read_app(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.from_app.capacity() - self.from_app.len() < 1024 {
-            self.from_app.reserve(READ_CHUNK);
-        }
         let Some(app) = self.app.as_mut() else {
             return Poll::Pending;
         };
-        let n = match tokio_util::io::poll_read_buf(Pin::new(app), cx, &mut self.from_app) {
+        let n = match poll_fill(app, cx, &mut self.from_app) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::App(e))),
             Poll::Pending => return Poll::Pending,
@@ -1861,15 +1874,7 @@ mod tests {
     }
 
     fn settings_of(payload: &[u8]) -> Vec<(u16, u32)> {
-        payload
-            .chunks_exact(6)
-            .map(|p| {
-                (
-                    u16::from_be_bytes([p[0], p[1]]),
-                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-                )
-            })
-            .collect()
+        settings_params(payload).collect()
     }
 
     /// A client talking to a relay: encodes with a real HPACK encoder
