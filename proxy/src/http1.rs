@@ -371,9 +371,7 @@ pub fn classify_response(
                 head.app_close = true;
             }
             Special::Other if h.name.eq_ignore_ascii_case("grpc-status") => {
-                head.grpc_status = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                head.grpc_status = parse_number(h.value);
             }
             _ => {}
         }
@@ -1163,6 +1161,12 @@ async fn send_and_read_head(
 async fn read_more(app: &mut TcpStream, rbuf: &mut BytesMut) -> io::Result<usize> {
     make_room(rbuf);
     app.read_buf(rbuf).await
+}
+
+/// A decimal header value (`:status`, `grpc-status`), surrounding
+/// whitespace allowed.
+pub(crate) fn parse_number(v: &[u8]) -> Option<u32> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// Grows a read buffer when less than 1 KiB is free.

@@ -64,7 +64,7 @@ use crate::authz::{is_grpc, respond, Refusal};
 use crate::forward::ForwardError;
 use crate::hpack::{self, Decoder};
 use crate::http::{grpc_status, HttpConn, Pool, ProxyBody, L5D_CLIENT_ID};
-use crate::http1::make_room;
+use crate::http1::{make_room, parse_number};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1363,8 +1363,8 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         let (mut status, mut grpc) = (None, None);
         self.rsp_decoder
             .decode(fragment, |name, value| match name {
-                b":status" => status = parse_u32(value).and_then(|s| u16::try_from(s).ok()),
-                b"grpc-status" => grpc = parse_u32(value),
+                b":status" => status = parse_number(value).and_then(|s| u16::try_from(s).ok()),
+                b"grpc-status" => grpc = parse_number(value),
                 _ => {}
             })
             .map_err(|_| {
@@ -1408,10 +1408,6 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             self.streams.swap_remove(i);
         }
     }
-}
-
-fn parse_u32(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 fn put_setting(out: &mut Vec<u8>, id: u16, value: u32) {
