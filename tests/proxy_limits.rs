@@ -565,28 +565,32 @@ async fn accept_errors_from_descriptor_exhaustion_back_off() {
     assert!(proxy.wait_log(&["accept failed; backing off"], Duration::from_secs(1)));
 }
 
+/// The status of a response still on its way (`None`: the request failed).
+fn status_later(
+    rsp: impl std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>
+        + Send
+        + 'static,
+) -> tokio::task::JoinHandle<Option<StatusCode>> {
+    tokio::spawn(async move {
+        match rsp.await {
+            Ok(rsp) => Some(read(rsp).await.0),
+            Err(_) => None,
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = http_app().await;
     let (listen, m) = map(app.port());
     let mut proxy = Proxy::start(&["--map", &m]);
-    let mut tx = h1(listen).await;
-    let in_flight = tokio::spawn(async move {
-        let rsp = tx.send_request(get("/slow?ms=800")).await;
-        match rsp {
-            Ok(rsp) => Some(read(rsp).await.0),
-            Err(_) => None,
-        }
-    });
+    let in_flight = status_later(h1(listen).await.send_request(get("/slow?ms=800")));
     // The same over HTTP/2 (the relay: GOAWAY, then the open stream ends).
-    let mut tx2 = h2c(listen).await;
-    let in_flight_h2 = tokio::spawn(async move {
-        let rsp = tx2.send_request(get("http://web/slow?ms=800")).await;
-        match rsp {
-            Ok(rsp) => Some(read(rsp).await.0),
-            Err(_) => None,
-        }
-    });
+    let in_flight_h2 = status_later(
+        h2c(listen)
+            .await
+            .send_request(get("http://web/slow?ms=800")),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let term = Instant::now();
     proxy.sigterm();
