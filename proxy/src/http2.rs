@@ -606,6 +606,79 @@ struct Block {
     fragment: Vec<u8>,
 }
 
+/// RFC 9113 §3.4 and §6.10: SETTINGS comes first, and nothing comes
+/// between a HEADERS without END_HEADERS and its CONTINUATIONs.
+fn check_sequence(
+    settings_seen: bool,
+    open: &Option<Block>,
+    h: Head,
+    side: Side,
+) -> Result<(), ConnError> {
+    let err = |why| {
+        Err(ConnError {
+            code: PROTOCOL_ERROR,
+            why,
+            side,
+        })
+    };
+    if !settings_seen && (h.kind != SETTINGS || h.flags & ACK != 0) {
+        return err("the first frame is not SETTINGS");
+    }
+    match open {
+        Some(block) if h.kind != CONTINUATION || h.stream != block.stream => {
+            err("a header block was interrupted")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A HEADERS frame's block: complete now (decoded from the frame in place,
+/// nothing copied: the common case), or kept in `open` for its
+/// CONTINUATIONs.
+fn start_block<'p>(
+    open: &mut Option<Block>,
+    h: Head,
+    fragment: &'p [u8],
+    role: Role,
+) -> Option<(Block, &'p [u8])> {
+    let mut block = Block {
+        stream: h.stream,
+        end_stream: h.flags & END_STREAM != 0,
+        role,
+        fragment: Vec::new(),
+    };
+    if h.flags & END_HEADERS != 0 {
+        return Some((block, fragment));
+    }
+    block.fragment = fragment.to_vec();
+    *open = Some(block);
+    None
+}
+
+/// Adds a CONTINUATION to the block in `open` (at most `limit` bytes in
+/// all); the whole block once END_HEADERS ends it.
+fn continue_block(
+    open: &mut Option<Block>,
+    h: Head,
+    payload: &[u8],
+    limit: usize,
+    side: Side,
+) -> Result<Option<Block>, ConnError> {
+    let err = |code, why| Err(ConnError { code, why, side });
+    let Some(block) = open.as_mut() else {
+        return err(PROTOCOL_ERROR, "CONTINUATION outside a header block");
+    };
+    if block.fragment.len() + payload.len() > limit {
+        return err(ENHANCE_YOUR_CALM, "a header block over the limit");
+    }
+    block.fragment.extend_from_slice(payload);
+    Ok(if h.flags & END_HEADERS != 0 {
+        open.take()
+    } else {
+        None
+    })
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Role {
     Request,
@@ -745,17 +818,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
 
     fn client_frame(&mut self, h: Head, raw: &[u8], to_app: &mut Vec<u8>) -> Result<(), ConnError> {
         let payload = &raw[9..];
-        if !self.client_settings && (h.kind != SETTINGS || h.flags & ACK != 0) {
-            return Err(client_err(
-                PROTOCOL_ERROR,
-                "the first frame is not SETTINGS",
-            ));
-        }
-        if let Some(block) = &self.client_block {
-            if h.kind != CONTINUATION || h.stream != block.stream {
-                return Err(client_err(PROTOCOL_ERROR, "a header block was interrupted"));
-            }
-        }
+        check_sequence(self.client_settings, &self.client_block, h, Side::Client)?;
         let stream_frame = matches!(
             h.kind,
             DATA | HEADERS | PRIORITY | RST_STREAM | CONTINUATION
@@ -827,19 +890,9 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         } else {
             Role::Trailers
         };
-        let mut block = Block {
-            stream: h.stream,
-            end_stream: h.flags & END_STREAM != 0,
-            role,
-            fragment: Vec::new(),
-        };
-        if h.flags & END_HEADERS != 0 {
-            // The common case: decoded in place, nothing copied.
-            self.end_client_block(block, fragment, to_app)
-        } else {
-            block.fragment = fragment.to_vec();
-            self.client_block = Some(block);
-            Ok(())
+        match start_block(&mut self.client_block, h, fragment, role) {
+            Some((block, fragment)) => self.end_client_block(block, fragment, to_app),
+            None => Ok(()),
         }
     }
 
@@ -850,24 +903,11 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
         to_app: &mut Vec<u8>,
     ) -> Result<(), ConnError> {
         let limit = self.block_limit();
-        let Some(block) = self.client_block.as_mut() else {
-            return Err(client_err(
-                PROTOCOL_ERROR,
-                "CONTINUATION outside a header block",
-            ));
-        };
-        if block.fragment.len() + payload.len() > limit {
-            return Err(client_err(
-                ENHANCE_YOUR_CALM,
-                "a header block over the limit",
-            ));
-        }
-        block.fragment.extend_from_slice(payload);
-        if h.flags & END_HEADERS != 0 {
-            if let Some(mut block) = self.client_block.take() {
-                let fragment = std::mem::take(&mut block.fragment);
-                self.end_client_block(block, &fragment, to_app)?;
-            }
+        if let Some(mut block) =
+            continue_block(&mut self.client_block, h, payload, limit, Side::Client)?
+        {
+            let fragment = std::mem::take(&mut block.fragment);
+            self.end_client_block(block, &fragment, to_app)?;
         }
         Ok(())
     }
@@ -1280,14 +1320,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
 
     fn app_frame(&mut self, h: Head, raw: &[u8], to_client: &mut Vec<u8>) -> Result<(), ConnError> {
         let payload = &raw[9..];
-        if !self.app_settings && (h.kind != SETTINGS || h.flags & ACK != 0) {
-            return Err(app_err(PROTOCOL_ERROR, "the first frame is not SETTINGS"));
-        }
-        if let Some(block) = &self.app_block {
-            if h.kind != CONTINUATION || h.stream != block.stream {
-                return Err(app_err(PROTOCOL_ERROR, "a header block was interrupted"));
-            }
-        }
+        check_sequence(self.app_settings, &self.app_block, h, Side::App)?;
         match h.kind {
             DATA => {
                 if h.flags & END_STREAM != 0 {
@@ -1298,38 +1331,20 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             HEADERS => {
                 let fragment = headers_fragment(h.flags, payload)
                     .ok_or(app_err(PROTOCOL_ERROR, "bad HEADERS padding"))?;
-                let mut block = Block {
-                    stream: h.stream,
-                    end_stream: h.flags & END_STREAM != 0,
-                    role: Role::Response,
-                    fragment: Vec::new(),
-                };
                 to_client.extend_from_slice(raw);
-                if h.flags & END_HEADERS != 0 {
+                if let Some((block, fragment)) =
+                    start_block(&mut self.app_block, h, fragment, Role::Response)
+                {
                     self.end_app_block(block, fragment)?;
-                } else {
-                    block.fragment = fragment.to_vec();
-                    self.app_block = Some(block);
                 }
             }
             CONTINUATION => {
                 let limit = self.block_limit();
-                let Some(block) = self.app_block.as_mut() else {
-                    return Err(app_err(
-                        PROTOCOL_ERROR,
-                        "CONTINUATION outside a header block",
-                    ));
-                };
-                if block.fragment.len() + payload.len() > limit {
-                    return Err(app_err(ENHANCE_YOUR_CALM, "a header block over the limit"));
-                }
-                block.fragment.extend_from_slice(payload);
+                let done = continue_block(&mut self.app_block, h, payload, limit, Side::App)?;
                 to_client.extend_from_slice(raw);
-                if h.flags & END_HEADERS != 0 {
-                    if let Some(mut block) = self.app_block.take() {
-                        let fragment = std::mem::take(&mut block.fragment);
-                        self.end_app_block(block, &fragment)?;
-                    }
+                if let Some(mut block) = done {
+                    let fragment = std::mem::take(&mut block.fragment);
+                    self.end_app_block(block, &fragment)?;
                 }
             }
             SETTINGS => {
