@@ -697,8 +697,8 @@ pub struct Relay<'g, G: ?Sized> {
     limits: Limits,
     req_decoder: Decoder,
     rsp_decoder: Decoder,
-    client_settings: bool,
-    app_settings: bool,
+    client_settings_seen: bool,
+    app_settings_seen: bool,
     client_block: Option<Block>,
     app_block: Option<Block>,
     last_client_stream: u32,
@@ -737,8 +737,8 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             limits,
             req_decoder: Decoder::new(),
             rsp_decoder: Decoder::new(),
-            client_settings: false,
-            app_settings: false,
+            client_settings_seen: false,
+            app_settings_seen: false,
             client_block: None,
             app_block: None,
             last_client_stream: 0,
@@ -818,7 +818,12 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
 
     fn client_frame(&mut self, h: Head, raw: &[u8], to_app: &mut Vec<u8>) -> Result<(), ConnError> {
         let payload = &raw[9..];
-        check_sequence(self.client_settings, &self.client_block, h, Side::Client)?;
+        check_sequence(
+            self.client_settings_seen,
+            &self.client_block,
+            h,
+            Side::Client,
+        )?;
         let stream_frame = matches!(
             h.kind,
             DATA | HEADERS | PRIORITY | RST_STREAM | CONTINUATION
@@ -1194,7 +1199,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
     /// (first time), acknowledges the client's, and keeps them (rewritten)
     /// for the app.
     fn early_settings(&mut self, payload: &[u8]) {
-        if !self.client_settings {
+        if !self.client_settings_seen {
             let at = self.inject.len();
             put_head(&mut self.inject, 0, SETTINGS, 0, 0);
             put_setting(
@@ -1267,7 +1272,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             put_setting(to_app, id, value);
         }
         put_setting(to_app, ENABLE_PUSH, 0);
-        self.client_settings = true;
+        self.client_settings_seen = true;
         fix_len(to_app, at);
     }
 
@@ -1302,7 +1307,7 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
             }
             put_setting(to_client, id, value);
         }
-        if !self.app_settings {
+        if !self.app_settings_seen {
             if !streams_set {
                 put_setting(
                     to_client,
@@ -1314,13 +1319,13 @@ impl<'g, G: Gate + ?Sized> Relay<'g, G> {
                 put_setting(to_client, MAX_HEADER_LIST_SIZE, self.limits.max_header_list);
             }
         }
-        self.app_settings = true;
+        self.app_settings_seen = true;
         fix_len(to_client, at);
     }
 
     fn app_frame(&mut self, h: Head, raw: &[u8], to_client: &mut Vec<u8>) -> Result<(), ConnError> {
         let payload = &raw[9..];
-        check_sequence(self.app_settings, &self.app_block, h, Side::App)?;
+        check_sequence(self.app_settings_seen, &self.app_block, h, Side::App)?;
         match h.kind {
             DATA => {
                 if h.flags & END_STREAM != 0 {
