@@ -2,7 +2,7 @@
 //! crossed — detection timeout (silent and trickling clients), HTTP/1 head
 //! size, header-read and idle timeouts, HTTP/2 stream, header-list and
 //! reset-flood limits, `--max-connections`, descriptor exhaustion — and
-//! graceful shutdown on SIGTERM.
+//! graceful shutdown on SIGTERM; and the threads' CPU scheduling policy.
 
 #[path = "support/apps.rs"]
 mod apps;
@@ -685,4 +685,36 @@ async fn an_upgraded_connection_keeps_its_slot_until_it_ends() {
     let mut tx = h1(listen).await;
     let (status, _, _, _) = read(tx.send_request(get("/")).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "the slot is free again");
+}
+
+/// The scheduling policy (`/proc/PID/task/TID/stat` field 41) of every
+/// thread of process `pid`.
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[test]
+fn every_proxy_thread_runs_with_the_chosen_cpu_scheduling_policy() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let batch = Proxy::start::<&str>(&[]);
+    let policies = thread_policies(batch.pid());
+    assert!(!policies.is_empty());
+    assert!(
+        policies.iter().all(|&p| p == SCHED_BATCH),
+        "default batch: {policies:?}"
+    );
+    let normal = Proxy::start_with::<&str>(&[], None, &[("PORTCULLIS_CPU_SCHEDULING", "normal")]);
+    let policies = thread_policies(normal.pid());
+    assert!(
+        policies.iter().all(|&p| p == SCHED_OTHER),
+        "--cpu-scheduling normal: {policies:?}"
+    );
 }

@@ -219,6 +219,18 @@ pub struct Args {
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s", hide_default_value = true)]
     pub shutdown_grace: Duration,
 
+    /// CPU scheduling policy of the proxy's threads: batch (its wake-ups do not preempt
+    /// the task running on the core, typically the app finishing a batch of requests;
+    /// measured in benches/RESULTS.md) or normal [default: batch]
+    #[arg(
+        long,
+        env = "PORTCULLIS_CPU_SCHEDULING",
+        value_enum,
+        default_value = "batch",
+        hide_default_value = true
+    )]
+    pub cpu_scheduling: CpuScheduling,
+
     /// Log format: plain or json (filter with PORTCULLIS_LOG, default info) [default: plain]
     #[arg(
         long,
@@ -236,6 +248,16 @@ pub struct Args {
 pub enum LogFormat {
     Plain,
     Json,
+}
+
+/// `--cpu-scheduling`: the Linux scheduling policy of every proxy thread.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuScheduling {
+    /// `SCHED_BATCH`
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default
+    Normal,
 }
 
 /// One `--map LISTEN_ADDR=PORT`.
@@ -313,6 +335,7 @@ pub struct Config {
     pub http: HttpLimits,
     #[serde(serialize_with = "human")]
     pub shutdown_grace: Duration,
+    pub cpu_scheduling: CpuScheduling,
     pub log_format: LogFormat,
 }
 
@@ -483,6 +506,7 @@ impl Args {
                 http2_max_local_error_resets: self.http2_max_local_error_resets,
             },
             shutdown_grace: self.shutdown_grace,
+            cpu_scheduling: self.cpu_scheduling,
             log_format: self.log_format,
         })
     }
@@ -524,6 +548,7 @@ mod tests {
         assert_eq!(c.policy, PolicyConfig::default());
         assert_eq!(c.source, PolicySource::None);
         assert_eq!(c.log_format, LogFormat::Plain);
+        assert_eq!(c.cpu_scheduling, CpuScheduling::Batch);
     }
 
     #[test]

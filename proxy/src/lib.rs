@@ -27,6 +27,7 @@
 //! tls.rs       rustls server config and the mTLS handshake
 //! transport.rs Linkerd's opaque-transport header (direct path)
 //! memory.rs    returns freed memory to the system after connection bursts
+//! cpu.rs       the threads' CPU scheduling policy (--cpu-scheduling)
 //! ```
 //!
 //! [`run`] wires them: it starts the policy source, the revocation task, the
@@ -36,6 +37,7 @@ pub mod accept;
 pub mod admin;
 pub mod authz;
 pub mod config;
+pub mod cpu;
 pub mod detect;
 pub mod forward;
 pub mod hpack;

@@ -15,6 +15,13 @@ fn main() -> ExitCode {
         }
     };
     portcullis_proxy::init_logging(config.log_format);
+    // Before the runtime exists, so that all of its threads inherit it.
+    if let Err(e) = portcullis_proxy::cpu::set_policy(config.cpu_scheduling) {
+        tracing::warn!(
+            "--cpu-scheduling {:?}: {e}; the threads keep their current policy",
+            config.cpu_scheduling
+        );
+    }
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

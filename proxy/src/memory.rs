@@ -8,7 +8,8 @@
 //! fallen by half (and by at least [`TRIM_AFTER_CLOSED`]) since the last
 //! trim, it calls `malloc_trim(0)`, which releases free pages of every arena.
 //!
-//! The one `unsafe` call of the project lives here. Without glibc (musl,
+//! One of the project's two audited `unsafe` calls lives here (the other
+//! in `cpu.rs`). Without glibc (musl,
 //! other systems) this is a no-op. Spawned by `lib.rs`; it owns no state
 //! beyond the last peak.
 
