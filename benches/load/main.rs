@@ -24,6 +24,7 @@ mod certs;
 mod client;
 mod policy;
 mod procs;
+mod relay;
 mod report;
 mod scenarios;
 mod targets;
@@ -114,6 +115,7 @@ fn main() -> ExitCode {
     let role = match args.first().map(String::as_str) {
         Some("__upstream") => Some(upstream::main(&args[1..])),
         Some("__client") => Some(client::main(&args[1..])),
+        Some("__relay") => Some(relay::main(&args[1..])),
         _ => None,
     };
     if let Some(r) = role {

@@ -123,6 +123,14 @@ fn peers(proto: Proto) -> Vec<Spec> {
         .collect()
 }
 
+/// The peers plus the floor relay: for one connection, where the round trip
+/// through any relay on the shared core bounds what a proxy can reach.
+fn peers_and_floor(proto: Proto) -> Vec<Spec> {
+    let mut specs = peers(proto);
+    specs.push(Spec::new(Kind::Floor, proto));
+    specs
+}
+
 /// Every scenario, in the order they run.
 pub fn all(plan: &Plan) -> Vec<Scenario> {
     let s = |name, title: &str, unit, load, specs, reference: &str| Scenario {
@@ -165,13 +173,13 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         s("http1-keepalive-c32", "HTTP/1.1 keep-alive, wrk -t1 -c32", Unit::RequestsPerSec,
           Load::Wrk { connections: 32, close: false }, peers(Proto::Http1), "haproxy"),
         s("http1-keepalive-c1", "HTTP/1.1 keep-alive, wrk -t1 -c1", Unit::RequestsPerSec,
-          Load::Wrk { connections: 1, close: false }, peers(Proto::Http1), "haproxy"),
+          Load::Wrk { connections: 1, close: false }, peers_and_floor(Proto::Http1), "haproxy"),
         s("http1-close", "HTTP/1.1 new connection per request, wrk -t1 -c32 -H 'Connection: close'",
           Unit::RequestsPerSec, Load::Wrk { connections: 32, close: true }, peers(Proto::Http1), "haproxy"),
         s("h2c-c8m8", "HTTP/2 cleartext (prior knowledge), h2load -t1 -c8 -m8", Unit::RequestsPerSec,
           Load::H2load { clients: 8, streams: 8 }, peers(Proto::H2c), "haproxy"),
         s("h2c-c1m1", "HTTP/2 cleartext (prior knowledge), h2load -t1 -c1 -m1", Unit::RequestsPerSec,
-          Load::H2load { clients: 1, streams: 1 }, peers(Proto::H2c), "haproxy"),
+          Load::H2load { clients: 1, streams: 1 }, peers_and_floor(Proto::H2c), "haproxy"),
         s("tcp-bulk", "opaque TCP bulk, iperf3 (one stream) through the proxy", Unit::BitsPerSec,
           Load::Iperf, tcp, "haproxy (splice)"),
         s("mtls-handshakes", "mTLS: a new connection (full handshake, client certificate) per request, 8 concurrent",

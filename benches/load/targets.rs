@@ -27,6 +27,8 @@ pub enum Kind {
     Portcullis,
     Haproxy,
     Nginx,
+    /// The floor: a blocking byte relay (`relay.rs`), no parsing or policy.
+    Floor,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Portcullis => "portcullis",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -159,6 +162,7 @@ pub fn start(spec: &Spec, env: &Env, slot: &str) -> Result<Running, String> {
         Kind::Portcullis => start_portcullis(spec, env, backend, slot),
         Kind::Haproxy => start_haproxy(spec, env, backend, slot),
         Kind::Nginx => start_nginx(spec, env, backend, slot),
+        Kind::Floor => start_floor(env, backend, slot),
     }
 }
 
@@ -455,6 +459,27 @@ fn start_haproxy(
     if spec.proto == Proto::Http1 {
         probe_http(listen, "haproxy")?;
     }
+    Ok(Running {
+        addr: listen,
+        proc: Some(proc),
+        admin: None,
+        policy_file: None,
+        app_port: backend.port(),
+    })
+}
+
+/// The floor relay: this binary re-executed as `__relay`.
+fn start_floor(env: &Env, backend: SocketAddr, slot: &str) -> Result<Running, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let listen = free_port()?;
+    let log = env.dir.join(format!("floor-{slot}.log"));
+    let args = vec![
+        "__relay".to_string(),
+        listen.to_string(),
+        backend.to_string(),
+    ];
+    let mut proc = spawn_logged(env, "floor", &exe, &args, &[], &log)?;
+    wait_ready(&mut proc, listen, Duration::from_secs(10))?;
     Ok(Running {
         addr: listen,
         proc: Some(proc),
