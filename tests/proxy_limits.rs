@@ -649,6 +649,48 @@ async fn sigterm_closes_long_connections_after_the_grace_period() {
         .is_some());
 }
 
+/// An HTTP request the app never answers holds its connection through the
+/// drain; when the grace period ends the proxy closes it and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_an_unanswered_http_request_after_the_grace_period() {
+    // Reads the request, never answers, keeps the connection open.
+    let app = tcp_app(|mut s| async move {
+        let mut b = [0u8; 1024];
+        while matches!(s.read(&mut b).await, Ok(1..)) {}
+    })
+    .await;
+    let (listen, m) = map(app.port());
+    let mut proxy = Proxy::start(&["--map", &m, "--shutdown-grace", "500ms"]);
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"GET /slow HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    // The request is in flight once the proxy counts it.
+    assert_eq!(
+        proxy.wait_metric("request_total", &[], 1.0, Duration::from_secs(5)),
+        1.0
+    );
+    let term = Instant::now();
+    proxy.sigterm();
+    let status = proxy.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+    let took = term.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "closed before the grace: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Closed without a response: nothing was answered for the app.
+    let rest = read_until_closed(&mut c, Duration::from_secs(2))
+        .await
+        .expect("the client connection is closed");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Closed by the proxy when the grace ended, not by its exit.
+    let logs = proxy.logs();
+    assert!(logs.contains("shutdown grace expired"), "{logs}");
+    assert!(!logs.contains("still open after being closed"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_keeps_its_slot_until_it_ends() {
     let app = http_app().await;

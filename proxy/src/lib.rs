@@ -52,13 +52,14 @@ pub mod source;
 pub mod tls;
 pub mod transport;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use portcullis_policy::{PolicyTable, Snapshot};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::accept::{Listener, ListenerKind};
 use crate::authz::Enforcer;
@@ -154,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identity,
         drain: CancellationToken::new(),
         stop: CancellationToken::new(),
+        stopped: AtomicBool::new(false),
         tasks: connections.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -204,9 +206,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             remaining = connections.len(),
             "shutdown grace expired; closing remaining connections"
         );
-        inbound.stop.cancel();
+        inbound.stop_now();
         // Give the closes a moment to reach the sockets.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
+        let closing = std::time::Duration::from_secs(1);
+        if tokio::time::timeout(closing, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = connections.len(),
+                "connections still open after being closed; exiting anyway"
+            );
+        }
     }
     stop_admin.cancel();
     stop_trim.cancel();
