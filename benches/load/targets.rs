@@ -112,6 +112,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// A proxy with no admin server or policy file (HAProxy, nginx, the
+    /// floor relay), listening on `addr` in front of `backend`.
+    fn without_admin(addr: SocketAddr, proc: Proc, backend: SocketAddr) -> Running {
+        Running {
+            addr,
+            proc: Some(proc),
+            admin: None,
+            policy_file: None,
+            app_port: backend.port(),
+        }
+    }
+
     /// The processes whose CPU and memory count as the proxy's (none for
     /// direct).
     pub fn pids(&self) -> Vec<u32> {
@@ -459,13 +471,7 @@ fn start_haproxy(
     if spec.proto == Proto::Http1 {
         probe_http(listen, "haproxy")?;
     }
-    Ok(Running {
-        addr: listen,
-        proc: Some(proc),
-        admin: None,
-        policy_file: None,
-        app_port: backend.port(),
-    })
+    Ok(Running::without_admin(listen, proc, backend))
 }
 
 /// The floor relay: this binary re-executed as `__relay`.
@@ -480,13 +486,7 @@ fn start_floor(env: &Env, backend: SocketAddr, slot: &str) -> Result<Running, St
     ];
     let mut proc = spawn_logged(env, "floor", &exe, &args, &[], &log)?;
     wait_ready(&mut proc, listen, Duration::from_secs(10))?;
-    Ok(Running {
-        addr: listen,
-        proc: Some(proc),
-        admin: None,
-        policy_file: None,
-        app_port: backend.port(),
-    })
+    Ok(Running::without_admin(listen, proc, backend))
 }
 
 // --------------------------------------------------------------------- nginx
@@ -623,11 +623,5 @@ fn start_nginx(spec: &Spec, env: &Env, backend: SocketAddr, slot: &str) -> Resul
     if spec.proto == Proto::Http1 {
         probe_http(listen, "nginx")?;
     }
-    Ok(Running {
-        addr: listen,
-        proc: Some(proc),
-        admin: None,
-        policy_file: None,
-        app_port: backend.port(),
-    })
+    Ok(Running::without_admin(listen, proc, backend))
 }

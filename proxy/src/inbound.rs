@@ -83,6 +83,12 @@ enum Path {
 }
 
 impl Inbound {
+    /// The grace period is over: every connection still open closes now.
+    pub fn stop_now(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
     pub async fn serve(self: Arc<Self>, conn: Accepted) {
         // accept: who is calling, and where were they going?
         let Accepted {
@@ -592,14 +598,6 @@ impl Inbound {
                     .conn_close(&labels, if e.is_timeout() { "timeout" } else { "error" });
             }
         }
-    }
-}
-
-impl Inbound {
-    /// The grace period is over: every connection still open closes now.
-    pub fn stop_now(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.stop.cancel();
     }
 }
 
