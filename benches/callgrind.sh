@@ -2,7 +2,8 @@
 # Instructions per request through Portcullis, counted by callgrind: the
 # load-independent figure on a shared machine (see benches/RESULTS.md).
 #
-#   bash benches/callgrind.sh [h1|h2] [N1 N2]     (KEEP=DIR keeps the profiles)
+#   bash benches/callgrind.sh [h1|h2] [N1 N2]     (KEEP=DIR keeps the profiles;
+#                                                   C=conns M=streams, default 4 and 8)
 #
 # Runs the release proxy under `valgrind --tool=callgrind` twice, with the
 # load harness's policy shape (a Server on the app port, the allowing
@@ -16,6 +17,8 @@ set -euo pipefail
 mode=${1:-h1}
 n1=${2:-1000}
 n2=${3:-6000}
+conns=${C:-4}
+streams=${M:-8}
 root=$(cd "$(dirname "$0")/.." && pwd)
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 cargo build --release -q -p portcullis-proxy --bin portcullis
@@ -92,9 +95,9 @@ count() { # N -> total instructions of a proxy run serving N requests
     sleep 0.1
   done
   if [ "$mode" = h2 ]; then
-    h2load -c 4 -m 8 -n "$n" "http://127.0.0.1:$listen/" >"$dir/h2load.$n" 2>&1
+    h2load -c "$conns" -m "$streams" -n "$n" "http://127.0.0.1:$listen/" >"$dir/h2load.$n" 2>&1
   else
-    h2load --h1 -c 4 -n "$n" "http://127.0.0.1:$listen/" >"$dir/h2load.$n" 2>&1
+    h2load --h1 -c "$conns" -n "$n" "http://127.0.0.1:$listen/" >"$dir/h2load.$n" 2>&1
   fi
   grep -q "$n succeeded" "$dir/h2load.$n" || { cat "$dir/h2load.$n" "$dir/proxy.$n.log" >&2; exit 1; }
   kill -TERM $pid
@@ -106,4 +109,4 @@ a=$(count "$n1")
 b=$(count "$n2")
 # KEEP=DIR keeps the callgrind files for callgrind_annotate.
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$dir"/callgrind.* "$KEEP"/; fi
-echo "mode=$mode Ir($n1)=$a Ir($n2)=$b instructions/request=$(( (b - a) / (n2 - n1) ))"
+echo "mode=$mode c=$conns m=$streams Ir($n1)=$a Ir($n2)=$b instructions/request=$(( (b - a) / (n2 - n1) ))"

@@ -98,16 +98,18 @@ pub(crate) fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Resources, Resou
     }
 }
 
+/// Whether a directory's entry is one of its policy files: `*.yaml` or
+/// `*.yml` (the proxy's file watcher asks too).
+pub fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
 /// `*.yaml` and `*.yml` files directly inside `dir`, sorted by name.
 fn yaml_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let yaml = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml");
-        if yaml && path.is_file() {
+        if is_yaml(&path) && path.is_file() {
             files.push(path);
         }
     }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis_policy::client::{ClientConfig, ClientError, ClientStats, PolicyClient};
+use portcullis_policy::load::is_yaml;
 use portcullis_policy::{
     compile, CompileError, DefaultPolicy, PolicyConfig, PolicyTable, ResourceErrors, Resources,
     Snapshot, WorkloadPolicy,
@@ -292,14 +293,19 @@ impl FileSource {
 }
 
 /// Watches the path's directory (a file is often replaced by a rename, or
-/// by a symlink swap in a Kubernetes volume) and signals on every event.
+/// by a symlink swap in a Kubernetes volume) and signals on the events that
+/// can concern the policy ([`concerns_policy`]): a busy directory (logs
+/// written beside the file) must not wake the proxy on every write.
 fn watcher(
     path: &Path,
     tx: mpsc::UnboundedSender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |_res| {
-        let _ = tx.send(());
+    let watched = Watched::of(path);
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if concerns_policy(&res, &watched) {
+            let _ = tx.send(());
+        }
     })?;
     let dir = if path.is_dir() {
         path.to_path_buf()
@@ -310,6 +316,53 @@ fn watcher(
     };
     w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     Ok(w)
+}
+
+/// What the watched directory holds of the policy.
+#[derive(Debug, Clone)]
+enum Watched {
+    /// `--policy-file` names this file in the directory.
+    File(std::ffi::OsString),
+    /// `--policy-file` names the directory: its YAML files.
+    Dir,
+}
+
+impl Watched {
+    fn of(path: &Path) -> Watched {
+        match path.file_name() {
+            Some(name) if !path.is_dir() => Watched::File(name.to_owned()),
+            _ => Watched::Dir,
+        }
+    }
+}
+
+/// Whether a watch event may have changed the policy: one that names the
+/// policy file (or, for a directory, a YAML file), or a `..`-prefixed entry
+/// (kubelet's `..data` symlink swap, which replaces a ConfigMap's files
+/// without touching their own names). Errors and events without paths (a
+/// queue overflow) count: the fingerprint decides. Opens and reads do not
+/// (the proxy's own reload reads the file).
+fn concerns_policy(event: &notify::Result<notify::Event>, watched: &Watched) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    let Ok(event) = event else { return true };
+    if let EventKind::Access(kind) = event.kind {
+        if kind != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
+    if event.paths.is_empty() {
+        return true;
+    }
+    event.paths.iter().any(|p| {
+        let Some(name) = p.file_name() else { return true };
+        if name.as_encoded_bytes().starts_with(b"..") {
+            return true;
+        }
+        match watched {
+            Watched::File(file) => name == file,
+            Watched::Dir => is_yaml(p),
+        }
+    })
 }
 
 /// Size, modification time and inode of the policy file (or of each YAML
@@ -327,12 +380,101 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u64)> {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .filter(|p| is_yaml(p))
             .filter_map(|p| stat(&p))
             .collect();
         entries.sort();
         entries
     } else {
         stat(path).into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+    };
+    use notify::Event;
+
+    use super::*;
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Result<Event> {
+        let mut e = Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        Ok(e)
+    }
+
+    fn write(path: &str) -> notify::Result<Event> {
+        event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[path])
+    }
+
+    const FILE: &str = "/etc/portcullis/policy.yaml";
+
+    #[test]
+    fn a_watched_file_wakes_on_its_own_name_only() {
+        let watched = Watched::File("policy.yaml".into());
+        assert!(concerns_policy(&write(FILE), &watched));
+        assert!(!concerns_policy(&write("/etc/portcullis/h2load.log"), &watched));
+        assert!(!concerns_policy(&write("/etc/portcullis/other.yaml"), &watched));
+        // An editor's rename over the file names it as the destination.
+        let rename = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/etc/portcullis/.policy.yaml.swp", FILE],
+        );
+        assert!(concerns_policy(&rename, &watched));
+    }
+
+    #[test]
+    fn a_kubelet_symlink_swap_wakes() {
+        let watched = Watched::File("policy.yaml".into());
+        let swap = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/etc/portcullis/..data_tmp", "/etc/portcullis/..data"],
+        );
+        assert!(concerns_policy(&swap, &watched));
+        let created = event(
+            EventKind::Create(CreateKind::Folder),
+            &["/etc/portcullis/..2026_12_03_15_00_00.123"],
+        );
+        assert!(concerns_policy(&created, &watched));
+    }
+
+    #[test]
+    fn a_watched_directory_wakes_on_yaml_files_only() {
+        assert!(concerns_policy(&write("/policy/a.yaml"), &Watched::Dir));
+        assert!(concerns_policy(&write("/policy/b.yml"), &Watched::Dir));
+        assert!(!concerns_policy(&write("/policy/notes.txt"), &Watched::Dir));
+    }
+
+    #[test]
+    fn reads_do_not_wake_but_a_finished_write_does() {
+        let watched = Watched::File("policy.yaml".into());
+        let open = event(EventKind::Access(AccessKind::Open(AccessMode::Any)), &[FILE]);
+        let read = event(EventKind::Access(AccessKind::Close(AccessMode::Read)), &[FILE]);
+        let written = event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[FILE]);
+        assert!(!concerns_policy(&open, &watched));
+        assert!(!concerns_policy(&read, &watched));
+        assert!(concerns_policy(&written, &watched));
+    }
+
+    #[test]
+    fn errors_and_overflows_wake() {
+        let watched = Watched::File("policy.yaml".into());
+        assert!(concerns_policy(&Err(notify::Error::generic("queue overflow")), &watched));
+        assert!(concerns_policy(&event(EventKind::Other, &[]), &watched));
+    }
+
+    #[test]
+    fn watched_of_tells_a_file_from_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(Watched::of(dir.path()), Watched::Dir));
+        let file = dir.path().join("policy.yaml");
+        match Watched::of(&file) {
+            Watched::File(name) => assert_eq!(name, "policy.yaml"),
+            Watched::Dir => panic!("a file path was taken for a directory"),
+        }
     }
 }
