@@ -12,7 +12,7 @@
 //!   cannot be used makes its port deny until a good one arrives.
 //! - `--policy-file PATH --workload NS/POD`: the resources in PATH (a YAML
 //!   file or a directory of them) compiled for that pod. The path is watched
-//!   (inotify through `notify`, plus a one-second check of sizes and
+//!   (inotify on its directory, plus a one-second check of sizes and
 //!   modification times as a safety net) and reloaded within about a second
 //!   of a change.
 //!
@@ -27,6 +27,7 @@
 //! side and publishes it whole (`PolicyTable::publish`), which wakes the
 //! revocation task in `authz.rs`. Called once by `lib.rs` at startup.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -257,14 +258,9 @@ impl FileSource {
 
     async fn watch(mut self) {
         let (tx, mut events) = mpsc::unbounded_channel();
-        // Keep the watcher alive as long as this task.
-        let _watcher = match watcher(&self.path, tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(file = %self.path.display(), error = %e, "cannot watch the policy file; checking it every second");
-                None
-            }
-        };
+        if let Err(e) = watcher(&self.path, tx) {
+            warn!(file = %self.path.display(), error = %e, "cannot watch the policy file; checking it every second");
+        }
         let mut seen = fingerprint(&self.path);
         loop {
             tokio::select! {
@@ -294,19 +290,16 @@ impl FileSource {
 
 /// Watches the path's directory (a file is often replaced by a rename, or
 /// by a symlink swap in a Kubernetes volume) and signals on the events that
-/// can concern the policy ([`concerns_policy`]): a busy directory (logs
-/// written beside the file) must not wake the proxy on every write.
-fn watcher(
-    path: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let watched = Watched::of(path);
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if concerns_policy(&res, &watched) {
-            let _ = tx.send(());
-        }
-    })?;
+/// can concern the policy. The mask leaves out `IN_MODIFY` and opens: a
+/// log written beside the policy file would otherwise wake the proxy on
+/// every write (the load harness's `h2load.log` did, once per request). A
+/// finished write (`IN_CLOSE_WRITE`) and every rename, creation and
+/// removal still count; a file written in place and held open is caught
+/// by the one-second check. The events are read by a task on the runtime
+/// (no thread of its own).
+fn watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+    use futures::StreamExt;
+    use inotify::{Inotify, WatchMask};
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
@@ -314,15 +307,42 @@ fn watcher(
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     };
-    w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(w)
+    let inotify = Inotify::init()?;
+    inotify.watches().add(
+        &dir,
+        WatchMask::CLOSE_WRITE
+            | WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::ATTRIB,
+    )?;
+    let mut events = inotify.into_event_stream([0u8; 4096])?;
+    let watched = Watched::of(path);
+    let file = path.to_path_buf();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let name = match &event {
+                Ok(e) => e.name.as_deref(),
+                Err(_) => None,
+            };
+            if concerns_policy(name, &watched) && tx.send(()).is_err() {
+                return;
+            }
+            if let Err(e) = event {
+                warn!(file = %file.display(), error = %e, "policy file watch failed; checking it every second");
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// What the watched directory holds of the policy.
 #[derive(Debug, Clone)]
 enum Watched {
     /// `--policy-file` names this file in the directory.
-    File(std::ffi::OsString),
+    File(OsString),
     /// `--policy-file` names the directory: its YAML files.
     Dir,
 }
@@ -336,33 +356,21 @@ impl Watched {
     }
 }
 
-/// Whether a watch event may have changed the policy: one that names the
-/// policy file (or, for a directory, a YAML file), or a `..`-prefixed entry
-/// (kubelet's `..data` symlink swap, which replaces a ConfigMap's files
-/// without touching their own names). Errors and events without paths (a
-/// queue overflow) count: the fingerprint decides. Opens and reads do not
-/// (the proxy's own reload reads the file).
-fn concerns_policy(event: &notify::Result<notify::Event>, watched: &Watched) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    let Ok(event) = event else { return true };
-    if let EventKind::Access(kind) = event.kind {
-        if kind != AccessKind::Close(AccessMode::Write) {
-            return false;
-        }
-    }
-    if event.paths.is_empty() {
+/// Whether an event on the directory entry `name` may have changed the
+/// policy: the policy file itself (or, for a directory, a YAML file), or a
+/// `..`-prefixed entry (kubelet's `..data` symlink swap, which replaces a
+/// ConfigMap's files without touching their own names). An event without a
+/// name (the directory itself, a queue overflow, a read error) counts: the
+/// fingerprint decides.
+fn concerns_policy(name: Option<&OsStr>, watched: &Watched) -> bool {
+    let Some(name) = name else { return true };
+    if name.as_encoded_bytes().starts_with(b"..") {
         return true;
     }
-    event.paths.iter().any(|p| {
-        let Some(name) = p.file_name() else { return true };
-        if name.as_encoded_bytes().starts_with(b"..") {
-            return true;
-        }
-        match watched {
-            Watched::File(file) => name == file,
-            Watched::Dir => is_yaml(p),
-        }
-    })
+    match watched {
+        Watched::File(file) => name == file,
+        Watched::Dir => is_yaml(Path::new(name)),
+    }
 }
 
 /// Size, modification time and inode of the policy file (or of each YAML
@@ -392,89 +400,98 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{
-        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
-    };
-    use notify::Event;
-
     use super::*;
 
-    fn event(kind: EventKind, paths: &[&str]) -> notify::Result<Event> {
-        let mut e = Event::new(kind);
-        for p in paths {
-            e = e.add_path(PathBuf::from(p));
-        }
-        Ok(e)
+    fn file() -> Watched {
+        Watched::File("policy.yaml".into())
     }
 
-    fn write(path: &str) -> notify::Result<Event> {
-        event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[path])
+    fn name(n: &str) -> Option<&OsStr> {
+        Some(OsStr::new(n))
     }
-
-    const FILE: &str = "/etc/portcullis/policy.yaml";
 
     #[test]
     fn a_watched_file_wakes_on_its_own_name_only() {
-        let watched = Watched::File("policy.yaml".into());
-        assert!(concerns_policy(&write(FILE), &watched));
-        assert!(!concerns_policy(&write("/etc/portcullis/h2load.log"), &watched));
-        assert!(!concerns_policy(&write("/etc/portcullis/other.yaml"), &watched));
-        // An editor's rename over the file names it as the destination.
-        let rename = event(
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            &["/etc/portcullis/.policy.yaml.swp", FILE],
-        );
-        assert!(concerns_policy(&rename, &watched));
+        assert!(concerns_policy(name("policy.yaml"), &file()));
+        assert!(!concerns_policy(name("h2load.log"), &file()));
+        assert!(!concerns_policy(name("other.yaml"), &file()));
+        assert!(!concerns_policy(name(".policy.yaml.swp"), &file()));
     }
 
     #[test]
     fn a_kubelet_symlink_swap_wakes() {
-        let watched = Watched::File("policy.yaml".into());
-        let swap = event(
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            &["/etc/portcullis/..data_tmp", "/etc/portcullis/..data"],
-        );
-        assert!(concerns_policy(&swap, &watched));
-        let created = event(
-            EventKind::Create(CreateKind::Folder),
-            &["/etc/portcullis/..2026_12_03_15_00_00.123"],
-        );
-        assert!(concerns_policy(&created, &watched));
+        assert!(concerns_policy(name("..data"), &file()));
+        assert!(concerns_policy(name("..data_tmp"), &file()));
+        assert!(concerns_policy(name("..2026_12_03_15_00_00.123"), &file()));
     }
 
     #[test]
     fn a_watched_directory_wakes_on_yaml_files_only() {
-        assert!(concerns_policy(&write("/policy/a.yaml"), &Watched::Dir));
-        assert!(concerns_policy(&write("/policy/b.yml"), &Watched::Dir));
-        assert!(!concerns_policy(&write("/policy/notes.txt"), &Watched::Dir));
+        assert!(concerns_policy(name("a.yaml"), &Watched::Dir));
+        assert!(concerns_policy(name("b.yml"), &Watched::Dir));
+        assert!(!concerns_policy(name("notes.txt"), &Watched::Dir));
     }
 
     #[test]
-    fn reads_do_not_wake_but_a_finished_write_does() {
-        let watched = Watched::File("policy.yaml".into());
-        let open = event(EventKind::Access(AccessKind::Open(AccessMode::Any)), &[FILE]);
-        let read = event(EventKind::Access(AccessKind::Close(AccessMode::Read)), &[FILE]);
-        let written = event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[FILE]);
-        assert!(!concerns_policy(&open, &watched));
-        assert!(!concerns_policy(&read, &watched));
-        assert!(concerns_policy(&written, &watched));
-    }
-
-    #[test]
-    fn errors_and_overflows_wake() {
-        let watched = Watched::File("policy.yaml".into());
-        assert!(concerns_policy(&Err(notify::Error::generic("queue overflow")), &watched));
-        assert!(concerns_policy(&event(EventKind::Other, &[]), &watched));
+    fn events_without_a_name_wake() {
+        assert!(concerns_policy(None, &file()));
+        assert!(concerns_policy(None, &Watched::Dir));
     }
 
     #[test]
     fn watched_of_tells_a_file_from_a_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(matches!(Watched::of(dir.path()), Watched::Dir));
-        let file = dir.path().join("policy.yaml");
-        match Watched::of(&file) {
+        match Watched::of(&dir.path().join("policy.yaml")) {
             Watched::File(name) => assert_eq!(name, "policy.yaml"),
             Watched::Dir => panic!("a file path was taken for a directory"),
         }
+    }
+
+    /// Through a real inotify watch: appends to a log beside the policy
+    /// file send nothing; rewriting the policy file, and a rename over it,
+    /// send a signal each.
+    #[tokio::test]
+    async fn the_watch_ignores_a_busy_neighbour() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, "a: 1\n").expect("write");
+        let mut log = std::fs::File::create(dir.path().join("h2load.log")).expect("log");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        watcher(&policy, tx).expect("watch");
+        let drain = |rx: &mut mpsc::UnboundedReceiver<()>| {
+            let mut n = 0;
+            while rx.try_recv().is_ok() {
+                n += 1;
+            }
+            n
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+
+        for i in 0..100 {
+            writeln!(log, "request {i}").expect("log write");
+        }
+        log.flush().expect("flush");
+        settle().await;
+        assert_eq!(drain(&mut rx), 0, "appends to a neighbour woke the watch");
+
+        std::fs::write(&policy, "a: 2\n").expect("rewrite");
+        settle().await;
+        assert!(
+            drain(&mut rx) >= 1,
+            "rewriting the policy file did not wake the watch"
+        );
+
+        let tmp = dir.path().join(".policy.yaml.tmp");
+        std::fs::write(&tmp, "a: 3\n").expect("write tmp");
+        settle().await;
+        assert_eq!(drain(&mut rx), 0, "a neighbour's creation woke the watch");
+        std::fs::rename(&tmp, &policy).expect("rename");
+        settle().await;
+        assert!(
+            drain(&mut rx) >= 1,
+            "a rename over the policy file did not wake the watch"
+        );
     }
 }
