@@ -66,22 +66,26 @@ async fn exchange_and_verify(listen: std::net::SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_mib_payloads_cross_both_ways_with_half_close() {
     let app = checksum_app().await;
-    // Once as a configured opaque port, once detected as not-HTTP.
-    let (opaque, opaque_map) = map(app.port());
-    let proxy = Proxy::start(&[
-        "--map",
-        &opaque_map,
-        "--opaque-ports",
-        &app.port().to_string(),
-    ]);
-    exchange_and_verify(opaque).await;
-    assert_eq!(app.connections(), 1);
-    let m = proxy.metrics();
-    let read = e2e::metric_sum(&m, "tcp_read_bytes_total", &[]);
-    let written = e2e::metric_sum(&m, "tcp_write_bytes_total", &[]);
-    assert_eq!(read as usize, SENT, "{m}");
-    assert_eq!(written as usize, 16 + RETURNED);
-    drop(proxy);
+    // As a configured opaque port, with each --opaque-transfer; then
+    // detected as not-HTTP.
+    for (i, transfer) in ["copy", "splice"].into_iter().enumerate() {
+        let (opaque, opaque_map) = map(app.port());
+        let proxy = Proxy::start(&[
+            "--map",
+            &opaque_map,
+            "--opaque-ports",
+            &app.port().to_string(),
+            "--opaque-transfer",
+            transfer,
+        ]);
+        exchange_and_verify(opaque).await;
+        assert_eq!(app.connections(), i + 1, "{transfer}");
+        let m = proxy.metrics();
+        let read = e2e::metric_sum(&m, "tcp_read_bytes_total", &[]);
+        let written = e2e::metric_sum(&m, "tcp_write_bytes_total", &[]);
+        assert_eq!(read as usize, SENT, "{transfer}: {m}");
+        assert_eq!(written as usize, 16 + RETURNED, "{transfer}");
+    }
 
     let (detected, detected_map) = map(app.port());
     let proxy = Proxy::start(&["--map", &detected_map, "--opaque-ports", "1"]);

@@ -231,6 +231,18 @@ pub struct Args {
     )]
     pub cpu_scheduling: CpuScheduling,
 
+    /// How opaque bytes of a plain (not TLS) client move: copy (through a small
+    /// buffer held only while bytes flow) or splice (inside the kernel, splice(2));
+    /// which is faster depends on the CPU (benches/RESULTS.md) [default: copy]
+    #[arg(
+        long,
+        env = "PORTCULLIS_OPAQUE_TRANSFER",
+        value_enum,
+        default_value = "copy",
+        hide_default_value = true
+    )]
+    pub opaque_transfer: OpaqueTransfer,
+
     /// Log format: plain or json (filter with PORTCULLIS_LOG, default info) [default: plain]
     #[arg(
         long,
@@ -258,6 +270,16 @@ pub enum CpuScheduling {
     Batch,
     /// `SCHED_OTHER`, the kernel's default
     Normal,
+}
+
+/// `--opaque-transfer`: how a plain client's opaque bytes move.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpaqueTransfer {
+    /// read(2)/write(2) through a buffer held while bytes flow
+    Copy,
+    /// splice(2) through a pipe per direction
+    Splice,
 }
 
 /// One `--map LISTEN_ADDR=PORT`.
@@ -336,6 +358,7 @@ pub struct Config {
     #[serde(serialize_with = "human")]
     pub shutdown_grace: Duration,
     pub cpu_scheduling: CpuScheduling,
+    pub opaque_transfer: OpaqueTransfer,
     pub log_format: LogFormat,
 }
 
@@ -507,6 +530,7 @@ impl Args {
             },
             shutdown_grace: self.shutdown_grace,
             cpu_scheduling: self.cpu_scheduling,
+            opaque_transfer: self.opaque_transfer,
             log_format: self.log_format,
         })
     }
@@ -549,6 +573,7 @@ mod tests {
         assert_eq!(c.source, PolicySource::None);
         assert_eq!(c.log_format, LogFormat::Plain);
         assert_eq!(c.cpu_scheduling, CpuScheduling::Batch);
+        assert_eq!(c.opaque_transfer, OpaqueTransfer::Copy);
     }
 
     #[test]

@@ -512,10 +512,11 @@ impl Inbound {
         };
         let forwarded = match io.into_plain() {
             Ok((prefix, tcp)) => {
-                forward::splice(
+                forward::plain(
+                    self.config.opaque_transfer,
                     prefix,
                     &tcp,
-                    &mut app,
+                    &app,
                     &counters,
                     &grant.revoked,
                     &self.stop,
