@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,6 +49,7 @@ use crate::config::HttpLimits;
 use crate::detect::PrefixedIo;
 use crate::forward::{connect_app, ForwardError};
 use crate::metrics::{Labels, Metrics};
+use crate::signal::Signal;
 use crate::{http1, http2};
 
 /// The header that carries a verified client identity to the app.
@@ -236,9 +237,6 @@ pub struct HttpServer {
     idle_timeout: Duration,
     fast: http1::Limits,
     relay: http2::Limits,
-    /// Set (before `drain` is cancelled) by [`HttpServer::start_drain`]: a
-    /// load per request where the token would take a lock.
-    draining: Arc<AtomicBool>,
 }
 
 /// Which HTTP version a connection (client side or app side) speaks.
@@ -277,15 +275,7 @@ impl HttpServer {
                 max_local_resets: limits.http2_max_local_error_resets,
                 idle_timeout: limits.idle_timeout,
             },
-            draining: Arc::new(AtomicBool::new(false)),
         }
-    }
-
-    /// Tells HTTP connections to finish their requests and close: sets the
-    /// flag the fast path reads, then cancels `drain` (which wakes them).
-    pub fn start_drain(&self, drain: &CancellationToken) {
-        self.draining.store(true, Ordering::SeqCst);
-        drain.cancel();
     }
 
     /// Serves one client connection until it ends, the idle timeout passes,
@@ -298,13 +288,13 @@ impl HttpServer {
         io: I,
         version: HttpVersion,
         conn: Arc<HttpConn>,
-        drain: CancellationToken,
+        drain: &Signal,
     ) -> Result<(), ServeError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if version == HttpVersion::Http1 && conn.upstream.version == HttpVersion::Http1 {
-            match http1::serve(io, &conn, &self.fast, &drain, &self.draining).await {
+            match http1::serve(io, &conn, &self.fast, drain).await {
                 http1::Served::Closed(res) => res.map_err(ServeError::Fast),
                 http1::Served::Handoff { io, buffered, why } => {
                     debug!(client = %conn.authz.conn().peer, why, "HTTP/1 request served by hyper");
@@ -316,7 +306,7 @@ impl HttpServer {
                 }
             }
         } else if version == HttpVersion::Http2 && conn.upstream.version == HttpVersion::Http2 {
-            Box::pin(http2::serve(io, &conn, &self.relay, &drain, &self.draining))
+            Box::pin(http2::serve(io, &conn, &self.relay, drain))
                 .await
                 .map_err(ServeError::Relay)
         } else {
@@ -333,7 +323,7 @@ impl HttpServer {
         io: I,
         version: HttpVersion,
         conn: Arc<HttpConn>,
-        drain: CancellationToken,
+        drain: &Signal,
     ) -> Result<(), hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -354,7 +344,7 @@ impl HttpServer {
                 loop {
                     tokio::select! {
                         res = c.as_mut() => break res,
-                        _ = drain.cancelled(), if !closing => {
+                        _ = drain.token().cancelled(), if !closing => {
                             closing = true;
                             c.as_mut().graceful_shutdown();
                         }

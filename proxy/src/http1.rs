@@ -30,7 +30,6 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -41,11 +40,11 @@ use portcullis_policy::RequestHeaders;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, warn};
 
 use crate::authz::{respond, Refusal};
 use crate::http::{HttpConn, ProxyBody};
+use crate::signal::{Signal, Watch};
 
 /// Most headers in a request or response head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -690,13 +689,7 @@ enum Step {
 
 /// Serves HTTP/1.1 requests of one client connection until it ends or a
 /// request needs hyper.
-pub async fn serve<I>(
-    io: I,
-    conn: &Arc<HttpConn>,
-    limits: &Limits,
-    drain: &CancellationToken,
-    draining: &AtomicBool,
-) -> Served<I>
+pub async fn serve<I>(io: I, conn: &Arc<HttpConn>, limits: &Limits, drain: &Signal) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -708,10 +701,9 @@ where
         limits,
         idle: None,
         last_active: Instant::now(),
-        draining,
-        drain_registered: false,
+        drain,
     };
-    let res = s.run(drain).await;
+    let res = s.run().await;
     if let Some(app) = s.app.take() {
         conn.pool().checkin_raw(app);
     }
@@ -739,19 +731,17 @@ struct Session<'a, I> {
     idle: Option<Pin<Box<Sleep>>>,
     /// When the last exchange ended.
     last_active: Instant,
-    /// Set before `drain` fires (see `HttpServer::start_drain`).
-    draining: &'a AtomicBool,
-    /// The drain future has registered this task's waker.
-    drain_registered: bool,
+    /// SIGTERM: finish the request in flight, then close.
+    drain: &'a Signal,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
     /// `Ok(Some(why))`: hand off; `Ok(None)`: closed cleanly.
-    async fn run(&mut self, drain: &CancellationToken) -> Result<Option<&'static str>, Error> {
+    async fn run(&mut self) -> Result<Option<&'static str>, Error> {
         let mut out = Vec::new();
         // One registration for the whole connection, not one per request.
-        let drained = drain.cancelled();
-        tokio::pin!(drained);
+        let drain = self.drain;
+        let mut drained = std::pin::pin!(drain.watch());
         loop {
             // read a head (waiting idle first when nothing is buffered)
             if self.buf.is_empty() {
@@ -806,7 +796,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
                     Box::pin(self.exchange(&request, start, &mut out)).await?
                 }
             };
-            if close || self.draining.load(Ordering::Acquire) {
+            if close || self.drain.is_fired() {
                 return Ok(None);
             }
         }
@@ -815,10 +805,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
     /// Waits for the first bytes of the next request, holding no buffer
     /// meanwhile. `false`: the client closed, went idle too long, or the
     /// proxy is draining.
-    async fn wait_request(
-        &mut self,
-        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> Result<bool, Error> {
+    async fn wait_request(&mut self, mut drained: Pin<&mut Watch<'_>>) -> Result<bool, Error> {
         self.buf = BytesMut::new();
         let mut first = [0u8; IDLE_READ];
         let timeout = self.limits.idle_timeout;
@@ -826,25 +813,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
         let idle = self
             .idle
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        let draining = self.draining;
         let peer = self.conn.authz().conn().peer;
         let mut read = std::pin::pin!(self.io.read(&mut first));
-        // The drain future is polled until it has registered this task once;
-        // after that the flag (set before the wake-up) is enough, and a
-        // request costs no lock.
-        let registered = &mut self.drain_registered;
         let n = std::future::poll_fn(|cx| {
-            if draining.load(Ordering::Acquire) {
+            // No lock per request: `Watch` reads a flag after its first poll.
+            if drained.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(0));
             }
             if let Poll::Ready(r) = read.as_mut().poll(cx) {
                 return Poll::Ready(r.map_err(Error::Client));
-            }
-            if !*registered {
-                *registered = true;
-                if drained.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(0));
-                }
             }
             while idle.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= due {
@@ -1003,7 +980,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Session<'_, I> {
         // forward interim (1xx) heads, then the final head and its body
         loop {
             out.clear();
-            let closing = request.close || self.draining.load(Ordering::Acquire);
+            let closing = request.close || self.drain.is_fired();
             let parsed = response_head(&rbuf, head_request, closing, out);
             let (head_len, head, close) = match parsed {
                 Ok(Some(p)) => p,

@@ -46,7 +46,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,7 +56,6 @@ use portcullis_policy::RequestHeaders;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, warn};
 
 use crate::authz::{is_grpc, respond, Refusal};
@@ -65,6 +63,7 @@ use crate::forward::ForwardError;
 use crate::hpack::{self, Decoder};
 use crate::http::{grpc_status, HttpConn, Pool, ProxyBody, L5D_CLIENT_ID};
 use crate::http1::{make_room, parse_number};
+use crate::signal::{Signal, Watch};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1510,8 +1509,7 @@ pub async fn serve<I>(
     client: I,
     conn: &HttpConn,
     limits: &Limits,
-    drain: &CancellationToken,
-    draining: &AtomicBool,
+    drain: &Signal,
 ) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -1534,12 +1532,9 @@ where
         idle_timeout: limits.idle_timeout,
         idle_since: Instant::now(),
         idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-        draining,
-        drain_registered: false,
         error: None,
     };
-    let drained = drain.cancelled();
-    tokio::pin!(drained);
+    let mut drained = std::pin::pin!(drain.watch());
     let res = std::future::poll_fn(|cx| d.poll(cx, drained.as_mut())).await;
     debug!(
         client = %conn.authz().conn().peer,
@@ -1552,7 +1547,7 @@ where
 /// Connecting to the app (boxed: only while it lasts).
 type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, ForwardError>> + Send>>;
 
-struct Driver<'a, 'g, I> {
+struct Driver<'g, I> {
     client: I,
     /// Opened when the first request is forwarded.
     app: Option<TcpStream>,
@@ -1573,16 +1568,14 @@ struct Driver<'a, 'g, I> {
     idle_timeout: Duration,
     idle_since: Instant,
     idle: Pin<Box<Sleep>>,
-    draining: &'a AtomicBool,
-    drain_registered: bool,
     error: Option<Error>,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, I> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
+        mut drained: Pin<&mut Watch<'_>>,
     ) -> Poll<Result<(), Error>> {
         loop {
             let mut progress = false;
@@ -1754,20 +1747,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<'_, '_, I> {
     }
 
     /// Drain and idle timeout; `true` if either started closing.
-    fn poll_timers(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> bool {
+    fn poll_timers(&mut self, cx: &mut Context<'_>, mut drained: Pin<&mut Watch<'_>>) -> bool {
         if self.relay.goaway_sent {
             return false;
         }
-        let mut drain = self.draining.load(Ordering::Acquire);
-        if !drain && !self.drain_registered {
-            self.drain_registered = true;
-            drain = drained.as_mut().poll(cx).is_ready();
-        }
-        if drain {
+        // No lock per wake-up: `Watch` reads a flag after its first poll.
+        if drained.as_mut().poll(cx).is_ready() {
             self.relay.go_away();
             self.closing = self.relay.is_idle();
             return true;

@@ -15,7 +15,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -26,7 +25,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -38,6 +36,7 @@ use crate::forward::{self, CountingIo};
 use crate::http::{log_conn_error, ConnScope, HttpConn, HttpServer, HttpVersion, Upstreams};
 use crate::identity::{IdentityStore, LocalIdentity};
 use crate::metrics::{Metrics, TlsLabel};
+use crate::signal::Signal;
 use crate::tls::{self, Fault, Prefer, Terminated};
 use crate::transport::{self, SessionProtocol};
 
@@ -55,13 +54,9 @@ pub struct Inbound {
     /// The mesh identity; `None`: no mTLS termination, TLS passes through.
     pub identity: Option<Arc<IdentityStore>>,
     /// SIGTERM: HTTP connections finish in-flight requests and close.
-    pub drain: CancellationToken,
-    /// `--shutdown-grace` expired: whatever is left is closed now. Fired
-    /// by [`Inbound::stop_now`], which sets `stopped` first.
-    pub stop: CancellationToken,
-    /// Set just before `stop` fires: what a woken HTTP connection reads
-    /// instead of polling `stop` again (see [`until_stopped`]).
-    pub stopped: AtomicBool,
+    pub drain: Signal,
+    /// `--shutdown-grace` expired: whatever is left is closed now.
+    pub stop: Signal,
     /// Every connection task (and spliced upgrade); the drain waits on it.
     pub tasks: TaskTracker,
 }
@@ -83,12 +78,6 @@ enum Path {
 }
 
 impl Inbound {
-    /// The grace period is over: every connection still open closes now.
-    pub fn stop_now(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.stop.cancel();
-    }
-
     pub async fn serve(self: Arc<Self>, conn: Accepted) {
         // accept: who is calling, and where were they going?
         let Accepted {
@@ -519,13 +508,13 @@ impl Inbound {
                     &app,
                     &counters,
                     &grant.revoked,
-                    &self.stop,
+                    self.stop.token(),
                 )
                 .await
             }
             Err(io) => {
                 let mut client = CountingIo::new(io, counters);
-                forward::copy(&mut client, &mut app, &grant.revoked, &self.stop).await
+                forward::copy(&mut client, &mut app, &grant.revoked, self.stop.token()).await
             }
         };
         match forwarded {
@@ -579,18 +568,14 @@ impl Inbound {
             ConnScope {
                 slot: Arc::new(slot),
                 tasks: self.tasks.clone(),
-                stop: self.stop.clone(),
+                stop: self.stop.token().clone(),
             },
         );
         let io = CountingIo::new(io, counters);
         // Pinned here, not moved into `until_stopped`: a future moved into
         // an async fn is stored twice in the connection's task.
-        let serve = pin!(self
-            .http
-            .serve(io, client_version, http, self.drain.clone()));
-        let served = until_stopped(serve, &self.stop, &self.stopped)
-            .await
-            .unwrap_or(Ok(()));
+        let serve = pin!(self.http.serve(io, client_version, http, &self.drain));
+        let served = until_stopped(serve, &self.stop).await.unwrap_or(Ok(()));
         match served {
             Ok(()) => self.metrics.conn_close(&labels, ""),
             Err(e) => {
@@ -602,33 +587,15 @@ impl Inbound {
     }
 }
 
-/// `fut`'s output, or `None` once `stop` fires (`stopped` set first, by
-/// [`Inbound::stop_now`]). `stop`'s future is polled only until it has
-/// registered the task's waker: tokio-util's `cancelled()` takes two locks
-/// per poll, and an HTTP connection's task is woken twice per request
-/// (≈ 300 of its 11 k instructions, measured with `benches/callgrind.sh`).
-/// After that a wake-up reads the flag; `stop` still wakes the task.
-async fn until_stopped<F: Future>(
-    mut fut: Pin<&mut F>,
-    stop: &CancellationToken,
-    stopped: &AtomicBool,
-) -> Option<F::Output> {
-    let mut cancelled = pin!(stop.cancelled());
-    let mut registered = false;
+/// `fut`'s output, or `None` once `stop` fires (checked at every wake-up
+/// of the connection's task without a lock: [`Signal`]).
+async fn until_stopped<F: Future>(mut fut: Pin<&mut F>, stop: &Signal) -> Option<F::Output> {
+    let mut stopped = pin!(stop.watch());
     std::future::poll_fn(|cx| {
-        if stopped.load(Ordering::Acquire) {
+        if stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        if !registered {
-            registered = true;
-            if cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-        }
-        Poll::Pending
+        fut.as_mut().poll(cx).map(Some)
     })
     .await
 }
@@ -676,9 +643,8 @@ mod tests {
             http: HttpServer::new(&config.http),
             upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
             identity: None,
-            drain: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            stopped: AtomicBool::new(false),
+            drain: Signal::new(),
+            stop: Signal::new(),
             tasks: TaskTracker::new(),
             config,
         });

@@ -48,11 +48,11 @@ pub mod identity;
 pub mod inbound;
 pub mod memory;
 pub mod metrics;
+pub mod signal;
 pub mod source;
 pub mod tls;
 pub mod transport;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use portcullis_policy::{PolicyTable, Snapshot};
@@ -68,6 +68,7 @@ use crate::http::{HttpServer, Upstreams};
 use crate::identity::IdentityStore;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::signal::Signal;
 
 /// How often the identity files are checked for a rotation.
 const IDENTITY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -153,9 +154,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http: HttpServer::new(&config.http),
         upstreams: Upstreams::new(config.app_addr, config.app_connect_timeout),
         identity,
-        drain: CancellationToken::new(),
-        stop: CancellationToken::new(),
-        stopped: AtomicBool::new(false),
+        drain: Signal::new(),
+        stop: Signal::new(),
         tasks: connections.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -196,7 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for l in accept_loops {
         let _ = l.await;
     }
-    inbound.http.start_drain(&inbound.drain);
+    inbound.drain.fire();
     connections.close();
     if tokio::time::timeout(config.shutdown_grace, connections.wait())
         .await
@@ -206,7 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             remaining = connections.len(),
             "shutdown grace expired; closing remaining connections"
         );
-        inbound.stop_now();
+        inbound.stop.fire();
         // Give the closes a moment to reach the sockets.
         let closing = std::time::Duration::from_secs(1);
         if tokio::time::timeout(closing, connections.wait())
