@@ -1,8 +1,8 @@
 //! Opaque forwarding: connect to the app and copy bytes both ways.
 //!
-//! A plain client socket is copied through a buffer that exists only while
-//! bytes flow, or spliced inside the kernel (`--opaque-transfer`); a TLS
-//! client goes through [`copy`].
+//! Bytes are copied through a buffer per direction that exists only while
+//! bytes flow ([`copy_both`]), or, for a plain client socket with
+//! `--opaque-transfer splice`, spliced inside the kernel ([`splice`]).
 //!
 //! Half-close is respected: when one side finishes sending, the other side's
 //! write half is shut down and the opposite direction keeps flowing until it
@@ -20,7 +20,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,13 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 
-pub use crate::config::OpaqueTransfer;
 use crate::metrics::ByteCounters;
 
-/// Copy buffer per direction: enough for bulk transfers (HAProxy uses the
-/// same size), small enough that `--max-connections` idle connections stay
-/// affordable (2 x 16 KiB each).
-const COPY_BUFFER: usize = 16 * 1024;
+/// Bytes read per call when copying. 32 KiB measured fastest on the Xeon
+/// VM (`tcp-bulk`: 8 KiB 16.1 Gbit/s, 16 KiB 17.8, 32 KiB 21.2, 64 KiB 14.1,
+/// where it no longer stays in the caches between the read and the write).
+/// Held only while bytes flow, so idle connections do not pay for it.
+const COPY_CHUNK: usize = 32 * 1024;
 
 /// Why forwarding stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -92,43 +92,137 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     tokio::select! {
-        res = tokio::io::copy_bidirectional_with_sizes(client, app, COPY_BUFFER, COPY_BUFFER) => {
-            Ok(res?)
-        }
+        res = copy_both(client, app) => Ok(res?),
         _ = revoked.cancelled() => Err(ForwardError::Revoked),
         _ = shutdown.cancelled() => Err(ForwardError::Shutdown),
     }
 }
 
-/// Like [`copy`], for a client on a plain socket, moving the bytes the way
-/// `--opaque-transfer` says: `copy` through a user-space buffer per
-/// direction that exists only while bytes flow ([`copy_one`]), or `splice`
-/// inside the kernel (`splice(2)` through a pipe per direction,
-/// [`splice_one`]). Which is faster depends on the CPU (benches/RESULTS.md,
-/// pass 6). `prefix` (bytes already read from the client during detection)
-/// goes to the app first. The byte counters are fed with what was moved.
-pub async fn plain(
-    transfer: OpaqueTransfer,
+/// Copies both ways between `a` and `b` until both directions have ended
+/// (each end half-closes the other side's writer). Returns bytes
+/// (a->b, b->a). Like tokio's `copy_bidirectional`, except that a
+/// direction holds its buffer only while bytes flow ([`Direction`]): an
+/// idle connection, however long it lives, holds none.
+pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    std::future::poll_fn(|cx| {
+        let a_to_b = up.poll_copy(cx, &mut *a, &mut *b)?;
+        let b_to_a = down.poll_copy(cx, &mut *b, &mut *a)?;
+        match (a_to_b, b_to_a) {
+            (Poll::Ready(u), Poll::Ready(d)) => Poll::Ready(Ok((u, d))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of [`copy_both`].
+#[derive(Default)]
+struct Direction {
+    /// What was read; `None` while the source is idle.
+    buf: Option<Vec<u8>>,
+    /// How much of `buf` is written.
+    written: usize,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The source ended; the destination's writer is being shut down.
+    read_done: bool,
+    /// Both done: the total.
+    finished: Option<u64>,
+    total: u64,
+}
+
+impl Direction {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if let Some(total) = self.finished {
+            return Poll::Ready(Ok(total));
+        }
+        loop {
+            // Write out what was read.
+            if let Some(buf) = self.buf.as_ref() {
+                while self.written < buf.len() {
+                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.written += n;
+                    self.total += n as u64;
+                    self.unflushed = true;
+                }
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.finished = Some(self.total);
+                return Poll::Ready(Ok(self.total));
+            }
+            // Read more into the same buffer, or a new one.
+            let buf = self
+                .buf
+                .get_or_insert_with(|| Vec::with_capacity(COPY_CHUNK));
+            buf.clear();
+            self.written = 0;
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.buf = None;
+                    self.read_done = true;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Idle: give the buffer back, and push out what a
+                    // buffering writer (TLS) still holds.
+                    self.buf = None;
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Like [`copy`], for a client on a plain socket with `--opaque-transfer
+/// splice`: the bytes move between the two sockets inside the kernel
+/// (`splice(2)` through a pipe per direction) and never through user
+/// space, which is how HAProxy moves TCP bulk data. Which of the two is
+/// faster depends on the CPU (benches/RESULTS.md, pass 6). `prefix` (bytes
+/// already read from the client during detection) goes to the app first.
+/// The byte counters are fed with what was moved.
+pub async fn splice(
     prefix: bytes::Bytes,
     client: &TcpStream,
-    app: &TcpStream,
+    app: &mut TcpStream,
     counters: &ByteCounters,
     revoked: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<(u64, u64), ForwardError> {
-    let both = async {
-        write_all(app, &prefix).await?;
+    use tokio::io::AsyncWriteExt;
+    if !prefix.is_empty() {
+        app.write_all(&prefix).await?;
         counters.read.inc_by(prefix.len() as u64);
-        let (up, down) = match transfer {
-            OpaqueTransfer::Copy => tokio::try_join!(
-                copy_one(client, app, &counters.read),
-                copy_one(app, client, &counters.write),
-            )?,
-            OpaqueTransfer::Splice => tokio::try_join!(
-                splice_one(client, app, &counters.read),
-                splice_one(app, client, &counters.write),
-            )?,
-        };
+    }
+    let app = &*app;
+    let both = async {
+        let (up, down) = tokio::try_join!(
+            splice_one(client, app, &counters.read),
+            splice_one(app, client, &counters.write),
+        )?;
         Ok::<_, io::Error>((up + prefix.len() as u64, down))
     };
     tokio::select! {
@@ -136,67 +230,6 @@ pub async fn plain(
         _ = revoked.cancelled() => Err(ForwardError::Revoked),
         _ = shutdown.cancelled() => Err(ForwardError::Shutdown),
     }
-}
-
-/// Bytes read per system call when copying a plain connection. 32 KiB
-/// measured fastest on the Xeon VM: 8 KiB 16.1 Gbit/s, 16 KiB 17.8, 32 KiB
-/// 21.2, 64 KiB 14.1 (it no longer stays in the L1/L2 caches between the
-/// read and the write).
-const COPY_CHUNK: usize = 32 * 1024;
-
-/// Moves `src`'s bytes to `dst` until `src` ends, then ends `dst`'s
-/// sending side (half-close). The buffer is allocated when `src` turns
-/// readable and freed once it has nothing more to read, so an idle
-/// connection holds no buffer (10,000 idle opaque connections would
-/// otherwise hold 640 MiB). Returns the bytes moved.
-async fn copy_one(src: &TcpStream, dst: &TcpStream, moved: &Counter) -> io::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        src.readable().await?;
-        let mut buf = Vec::with_capacity(COPY_CHUNK);
-        loop {
-            buf.clear();
-            match src.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    half_close(dst)?;
-                    return Ok(total);
-                }
-                Ok(n) => {
-                    write_all(dst, &buf).await?;
-                    total += n as u64;
-                    moved.inc_by(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// Writes all of `buf`, waiting for room only when the socket has none.
-async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match dst.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Ends `dst`'s sending side once its source has ended.
-fn half_close(dst: &TcpStream) -> io::Result<()> {
-    socket2::SockRef::from(dst)
-        .shutdown(std::net::Shutdown::Write)
-        .or_else(|e| {
-            // The peer may have gone already; nothing left to tell it.
-            if e.kind() == io::ErrorKind::NotConnected {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
 }
 
 /// Moves `src`'s bytes to `dst` until `src` ends, then ends `dst`'s
@@ -239,6 +272,20 @@ async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &Counter) -> io::Re
         total += n as u64;
         moved.inc_by(n as u64);
     }
+}
+
+/// Ends `dst`'s sending side once its source has ended.
+fn half_close(dst: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(dst)
+        .shutdown(std::net::Shutdown::Write)
+        .or_else(|e| {
+            // The peer may have gone already; nothing left to tell it.
+            if e.kind() == io::ErrorKind::NotConnected {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
 }
 
 /// Most bytes moved per splice call; the pipe's capacity (64 KiB by
@@ -325,6 +372,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OpaqueTransfer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -363,11 +411,11 @@ mod tests {
         assert_eq!((up, down), (100_000, 6));
     }
 
-    /// Both plain transfers, through real sockets: the detection prefix
+    /// Both `--opaque-transfer`s, through real sockets: the detection prefix
     /// goes first, the client's FIN reaches the app, the app's answer
     /// comes back, and the counters see every byte.
     #[tokio::test]
-    async fn plain_transfers_keep_the_prefix_and_the_half_close() {
+    async fn both_transfers_keep_the_prefix_and_the_half_close() {
         for transfer in [OpaqueTransfer::Copy, OpaqueTransfer::Splice] {
             let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let app_addr = app.local_addr().unwrap();
@@ -389,18 +437,19 @@ mod tests {
             let seen = counters.clone();
             let fwd = tokio::spawn(async move {
                 let (client, _) = front.accept().await.unwrap();
-                let upstream = connect_app(app_addr, Duration::from_secs(1)).await.unwrap();
+                let mut upstream = connect_app(app_addr, Duration::from_secs(1)).await.unwrap();
                 let never = CancellationToken::new();
-                plain(
-                    transfer,
-                    bytes::Bytes::from_static(b"PREFIX"),
-                    &client,
-                    &upstream,
-                    &counters,
-                    &never,
-                    &never,
-                )
-                .await
+                let prefix = bytes::Bytes::from_static(b"PREFIX");
+                match transfer {
+                    OpaqueTransfer::Splice => {
+                        splice(prefix, &client, &mut upstream, &counters, &never, &never).await
+                    }
+                    OpaqueTransfer::Copy => {
+                        let io = crate::detect::PrefixedIo::new(prefix, client);
+                        let mut io = CountingIo::new(io, counters);
+                        copy(&mut io, &mut upstream, &never, &never).await
+                    }
+                }
             });
             let mut client = TcpStream::connect(front_addr).await.unwrap();
             client.write_all(&[7u8; 300_000]).await.unwrap();
@@ -416,6 +465,49 @@ mod tests {
                 "{transfer:?}"
             );
         }
+    }
+
+    /// A direction gives its buffer back as soon as its source has nothing
+    /// to read: an idle connection holds no copy buffer.
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut client, mut a) = tokio::io::duplex(64 * 1024);
+        // Room for less than one chunk on the way to the app.
+        let (mut b, mut app) = tokio::io::duplex(16 * 1024);
+        let mut up = Direction::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(up.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(up.buf.is_none(), "a buffer before any byte");
+        client.write_all(b"hello").await.unwrap();
+        assert!(up.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(up.buf.is_none(), "the buffer outlived the burst");
+        let mut got = [0u8; 5];
+        app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // While the destination is full, the unwritten bytes stay.
+        let big = vec![1u8; 200 * 1024];
+        let writer = tokio::spawn(async move { client.write_all(&big).await.map(|_| client) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(up.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(up.buf.is_some(), "bytes waiting for room were dropped");
+        drop(writer);
+    }
+
+    /// A buffering writer (TLS buffers records) is flushed when the source
+    /// goes quiet, or the last bytes would wait for the next ones.
+    #[tokio::test]
+    async fn a_buffering_writer_is_flushed_when_the_source_goes_quiet() {
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (b, mut app) = tokio::io::duplex(1024);
+        let mut b = tokio::io::BufWriter::new(b);
+        tokio::spawn(async move { copy_both(&mut a, &mut b).await });
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), app.read_exact(&mut got))
+            .await
+            .expect("the bytes were left in the writer's buffer")
+            .unwrap();
+        assert_eq!(&got, b"ping");
     }
 
     #[tokio::test]

@@ -586,7 +586,7 @@ impl HttpConn {
                     let splice = async {
                         let (c, a) = tokio::try_join!(client_upgrade, app_upgrade)?;
                         let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
-                        tokio::io::copy_bidirectional(&mut c, &mut a)
+                        crate::forward::copy_both(&mut c, &mut a)
                             .await
                             .map_err(UpstreamError::Splice)
                     };

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept::{Accepted, Target};
 use crate::authz::{ConnInfo, Enforcer};
-use crate::config::Config;
+use crate::config::{Config, OpaqueTransfer};
 use crate::detect::{detect_http, detect_tls, HttpDetect, IntoPlain, PrefixedIo, TlsDetect};
 use crate::forward::{self, CountingIo};
 use crate::http::{log_conn_error, ConnScope, HttpConn, HttpServer, HttpVersion, Upstreams};
@@ -499,13 +499,16 @@ impl Inbound {
                 return;
             }
         };
-        let forwarded = match io.into_plain() {
+        let plain = match self.config.opaque_transfer {
+            OpaqueTransfer::Splice => io.into_plain(),
+            OpaqueTransfer::Copy => Err(io),
+        };
+        let forwarded = match plain {
             Ok((prefix, tcp)) => {
-                forward::plain(
-                    self.config.opaque_transfer,
+                forward::splice(
                     prefix,
                     &tcp,
-                    &app,
+                    &mut app,
                     &counters,
                     &grant.revoked,
                     self.stop.token(),
