@@ -15,7 +15,7 @@
 //!            authz.rs ◄── PolicyTable (source.rs writes, revocation reads)
 //!              │ TCP: once + on every policy update   HTTP: every request
 //!              ▼                                       ▼
-//!            forward.rs: splice / byte copy ─► app  http1.rs: HTTP/1.1 fast path ─► own app conn ─► app
+//!            forward.rs: byte copy / splice ─► app  http1.rs: HTTP/1.1 fast path ─► own app conn ─► app
 //!                                                  └ anything else: http.rs: hyper server ─► pooled client ─► app
 //!
 //! inbound.rs   follows one connection through the stages above, top to bottom
@@ -28,6 +28,7 @@
 //! transport.rs Linkerd's opaque-transport header (direct path)
 //! memory.rs    returns freed memory to the system after connection bursts
 //! cpu.rs       the threads' CPU scheduling policy (--cpu-scheduling)
+//! signal.rs    the drain and the stop, seen by every connection without a lock
 //! ```
 //!
 //! [`run`] wires them: it starts the policy source, the revocation task, the
