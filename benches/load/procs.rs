@@ -41,6 +41,23 @@ impl Pinning {
     }
 }
 
+/// Pins the calling thread to `cpus` (`taskset -pc` on its thread id);
+/// best effort: unpinned, the thread only adds noise.
+pub fn pin_this_thread(cpus: &str) {
+    let Ok(link) = fs::read_link("/proc/thread-self") else {
+        return;
+    };
+    // "PID/task/TID"
+    let Some(tid) = link.file_name().and_then(|t| t.to_str()).map(str::to_owned) else {
+        return;
+    };
+    let _ = Command::new("taskset")
+        .args(["-pc", cpus, &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Raises the hard file limit to 65,536 where it is lower and
 /// the shell may (root), never lowering it, then the soft limit to the
 /// hard one. 10,000 idle connections take about 20,000 descriptors in a

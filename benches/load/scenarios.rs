@@ -339,7 +339,7 @@ pub fn run(sc: Scenario, ctx: &Ctx, slot: &mut u32) -> Outcome {
             }
             let pids = t.pids();
             let cpu0 = procs::cpu_us(&pids);
-            let rewriter = spec.rewrite.then(|| Rewriter::start(spec, t));
+            let rewriter = spec.rewrite.then(|| Rewriter::start(spec, t, ctx.env.pin));
             let result = measure(ctx, &sc.load, t.addr, spec.proto, ctx.plan.duration);
             if let Some(rw) = rewriter {
                 let n = rw.stop();
@@ -443,7 +443,9 @@ struct Rewriter {
 }
 
 impl Rewriter {
-    fn start(spec: &Spec, t: &Running) -> Rewriter {
+    /// The writer stands for the control plane, a process of its own: it
+    /// runs on the load generator's core, not on the proxy's.
+    fn start(spec: &Spec, t: &Running, pin: procs::Pinning) -> Rewriter {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU32::new(0));
         let (s, c) = (stop.clone(), count.clone());
@@ -451,6 +453,9 @@ impl Rewriter {
         let (port, proto, authz) = (t.app_port, spec.proto, spec.authorizations);
         let handle = std::thread::spawn(move || {
             let Some(path) = path else { return };
+            if let Some(cpus) = pin.cpu_list(procs::Core::Load) {
+                procs::pin_this_thread(cpus);
+            }
             let mut generation = 1u32;
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
