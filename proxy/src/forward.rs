@@ -132,8 +132,8 @@ struct Direction {
     unflushed: bool,
     /// The source ended; the destination's writer is being shut down.
     read_done: bool,
-    /// Both done: the total.
-    finished: Option<u64>,
+    /// The destination's writer is shut down too: `total` is final.
+    finished: bool,
     total: u64,
 }
 
@@ -148,8 +148,8 @@ impl Direction {
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        if let Some(total) = self.finished {
-            return Poll::Ready(Ok(total));
+        if self.finished {
+            return Poll::Ready(Ok(self.total));
         }
         loop {
             // Write out what was read.
@@ -166,7 +166,7 @@ impl Direction {
             }
             if self.read_done {
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
-                self.finished = Some(self.total);
+                self.finished = true;
                 return Poll::Ready(Ok(self.total));
             }
             // Read more into the same buffer, or a new one.
@@ -376,19 +376,26 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    #[tokio::test]
-    async fn half_close_lets_the_other_direction_finish() {
-        // App: reads everything until EOF, then answers with its length.
+    /// An app for one connection: reads everything until EOF (checking that
+    /// it starts with `first`), then answers with its length.
+    async fn length_app(first: &'static [u8]) -> SocketAddr {
         let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app_addr = app.local_addr().unwrap();
+        let addr = app.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = app.accept().await.unwrap();
             let mut all = Vec::new();
             s.read_to_end(&mut all).await.unwrap();
+            assert!(all.starts_with(first), "the prefix went first");
             s.write_all(format!("{}", all.len()).as_bytes())
                 .await
                 .unwrap();
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn half_close_lets_the_other_direction_finish() {
+        let app_addr = length_app(b"").await;
         // Proxy side: a duplex pair stands in for the client socket.
         let (mut client, mut proxied) = tokio::io::duplex(1024);
         let mut upstream = connect_app(app_addr, Duration::from_secs(1)).await.unwrap();
@@ -417,17 +424,7 @@ mod tests {
     #[tokio::test]
     async fn both_transfers_keep_the_prefix_and_the_half_close() {
         for transfer in [OpaqueTransfer::Copy, OpaqueTransfer::Splice] {
-            let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let app_addr = app.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = app.accept().await.unwrap();
-                let mut all = Vec::new();
-                s.read_to_end(&mut all).await.unwrap();
-                assert!(all.starts_with(b"PREFIX"), "the prefix went first");
-                s.write_all(format!("{}", all.len()).as_bytes())
-                    .await
-                    .unwrap();
-            });
+            let app_addr = length_app(b"PREFIX").await;
             let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let front_addr = front.local_addr().unwrap();
             let counters = ByteCounters {

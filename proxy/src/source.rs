@@ -312,13 +312,7 @@ impl FileSource {
 fn watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> std::io::Result<()> {
     use futures::StreamExt;
     use inotify::{Inotify, WatchMask};
-    let dir = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    };
+    let (watched, dir) = Watched::of(path);
     let inotify = Inotify::init()?;
     inotify.watches().add(
         &dir,
@@ -330,7 +324,6 @@ fn watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> std::io::Result<()> {
             | WatchMask::ATTRIB,
     )?;
     let mut events = inotify.into_event_stream([0u8; 4096])?;
-    let watched = Watched::of(path);
     let file = path.to_path_buf();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -360,10 +353,17 @@ enum Watched {
 }
 
 impl Watched {
-    fn of(path: &Path) -> Watched {
+    /// What `--policy-file` names, and the directory to watch for it.
+    fn of(path: &Path) -> (Watched, PathBuf) {
         match path.file_name() {
-            Some(name) if !path.is_dir() => Watched::File(name.to_owned()),
-            _ => Watched::Dir,
+            Some(name) if !path.is_dir() => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+                (Watched::File(name.to_owned()), dir)
+            }
+            _ => (Watched::Dir, path.to_path_buf()),
         }
     }
 }
@@ -453,11 +453,18 @@ mod tests {
     #[test]
     fn watched_of_tells_a_file_from_a_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(Watched::of(dir.path()), Watched::Dir));
+        let (watched, watch_dir) = Watched::of(dir.path());
+        assert!(matches!(watched, Watched::Dir));
+        assert_eq!(watch_dir, dir.path());
         match Watched::of(&dir.path().join("policy.yaml")) {
-            Watched::File(name) => assert_eq!(name, "policy.yaml"),
-            Watched::Dir => panic!("a file path was taken for a directory"),
+            (Watched::File(name), watch_dir) => {
+                assert_eq!(name, "policy.yaml");
+                assert_eq!(watch_dir, dir.path());
+            }
+            (Watched::Dir, _) => panic!("a file path was taken for a directory"),
         }
+        // A bare file name is watched in the working directory.
+        assert_eq!(Watched::of(Path::new("policy.yaml")).1, Path::new("."));
     }
 
     /// The CPU time this thread has used, in clock ticks (/proc).
