@@ -9,7 +9,8 @@
 //! HTTP/1.1 client connection (no pool: one connection per task).
 //!
 //! Output: one line `RESULT {json}` on stdout (`requests`, `errors`,
-//! `elapsed_s`, `first_error`, `latency_us` percentiles). In idle mode it
+//! `elapsed_s`, `first_error`, `latency_us` percentiles, and at a fixed
+//! rate `late_us_p99`, the pacer's own error). In idle mode it
 //! prints `IDLE_READY {json}` once every connection has answered one
 //! request, closes them all when stdin reaches EOF, then prints `RESULT`.
 //!
@@ -128,6 +129,8 @@ struct Tally {
     errors: u64,
     first_error: Option<String>,
     latencies_us: Vec<u32>,
+    /// Fixed rate: how late each send left after its scheduled time.
+    late_us: Vec<u32>,
 }
 
 impl Tally {
@@ -184,6 +187,8 @@ async fn run(args: Args) -> Result<(), String> {
 fn summary(t: &Tally, elapsed: f64) -> serde_json::Value {
     let mut lat = t.latencies_us.clone();
     lat.sort_unstable();
+    let mut late = t.late_us.clone();
+    late.sort_unstable();
     let pct: Vec<serde_json::Value> = PERCENTILES
         .iter()
         .map(|p| serde_json::json!([p, percentile(&lat, *p)]))
@@ -194,6 +199,7 @@ fn summary(t: &Tally, elapsed: f64) -> serde_json::Value {
         "elapsed_s": elapsed,
         "first_error": t.first_error,
         "latency_us": pct,
+        "late_us_p99": (!late.is_empty()).then(|| percentile(&late, 99.0)),
     })
 }
 
@@ -279,6 +285,9 @@ async fn keepalive_loop(args: &Args, tally: &Shared, i: usize, start: Instant, d
             return;
         }
         let intended = next_at.unwrap_or_else(Instant::now);
+        if next_at.is_some() {
+            tally.borrow_mut().late_us.push(micros(intended.elapsed()));
+        }
         if let (Some(at), Some(iv)) = (next_at.as_mut(), interval) {
             *at += iv;
         }

@@ -365,6 +365,9 @@ pub fn run(sc: Scenario, ctx: &Ctx, slot: &mut u32) -> Outcome {
             }
         }
     }
+    for row in &mut rows {
+        note_pacing(row);
+    }
     for ((spec, row), target) in sc.specs.iter().zip(rows.iter_mut()).zip(running.iter_mut()) {
         if let Some(t) = target.as_mut() {
             if spec.kind == Kind::Portcullis {
@@ -374,6 +377,18 @@ pub fn run(sc: Scenario, ctx: &Ctx, slot: &mut u32) -> Outcome {
         }
     }
     Outcome { scenario: sc, rows }
+}
+
+/// Fixed rate: latency counts from each request's scheduled time, so the
+/// load generator's own lateness is part of every figure; say how large it
+/// was (the worst round's p99), so a reader can tell it from the proxy's.
+fn note_pacing(row: &mut Row) {
+    let worst = row.samples.iter().filter_map(|s| s.m.late_us_p99).max();
+    if let Some(late) = worst {
+        row.notes.push(format!(
+            "pacing: sends left their scheduled time up to {late} µs late (p99, worst round)"
+        ));
+    }
 }
 
 /// Reads Portcullis's /metrics after a scenario: the requests allowed by the

@@ -30,6 +30,9 @@ pub struct Measure {
     pub throughput: f64,
     /// (percentile, microseconds); empty when the tool gives none.
     pub latency_us: Vec<(f64, u64)>,
+    /// Fixed rate only: p99 of how late sends left their schedule, the
+    /// load generator's own contribution to the measured latency.
+    pub late_us_p99: Option<u64>,
 }
 
 /// The Lua hook for wrk: machine-readable totals and percentiles.
@@ -140,6 +143,7 @@ pub fn parse_wrk(stdout: &str) -> Option<Measure> {
             0.0
         },
         latency_us,
+        late_us_p99: None,
     })
 }
 
@@ -219,6 +223,7 @@ pub fn parse_h2load(stdout: &str) -> Option<Measure> {
         elapsed_s,
         throughput,
         latency_us: Vec::new(),
+        late_us_p99: None,
     })
 }
 
@@ -296,6 +301,7 @@ pub fn parse_iperf3(stdout: &str) -> Result<Measure, String> {
         elapsed_s: secs,
         throughput: bps,
         latency_us: Vec::new(),
+        late_us_p99: None,
     })
 }
 
@@ -394,6 +400,7 @@ pub fn parse_client(json: &str) -> Result<Measure, String> {
             0.0
         },
         latency_us,
+        late_us_p99: v.get("late_us_p99").and_then(|x| x.as_u64()),
     })
 }
 
