@@ -189,6 +189,12 @@ pub fn load(path: &Path, workload: &str, config: &PolicyConfig) -> Result<Loaded
     })
 }
 
+fn log_warnings(path: &Path, warnings: &[String]) {
+    for w in warnings {
+        warn!(file = %path.display(), "policy warning: {w}");
+    }
+}
+
 /// A compiled policy file.
 #[derive(Debug)]
 pub struct Loaded {
@@ -204,50 +210,128 @@ struct FileSource {
     metrics: Arc<Metrics>,
     ready: watch::Sender<bool>,
     /// The policy last published, to skip no-op reloads.
-    last: Option<WorkloadPolicy>,
+    last: Option<Arc<WorkloadPolicy>>,
+}
+
+/// What a reload found: the work of a reload except publishing it.
+enum Prepared {
+    /// The file changed but compiles to the policy in force.
+    Unchanged {
+        warnings: Vec<String>,
+    },
+    Changed {
+        policy: Arc<WorkloadPolicy>,
+        snapshot: Snapshot,
+        warnings: Vec<String>,
+    },
+    Rejected(LoadError),
+}
+
+/// Loads, compiles, compares with the policy in force and builds the
+/// snapshot: everything of a reload that costs time in proportion to the
+/// file (about 15 ms of CPU for 10,000 authorizations), and nothing that
+/// touches the table.
+fn prepare(
+    path: &Path,
+    workload: &str,
+    config: &PolicyConfig,
+    last: Option<&WorkloadPolicy>,
+) -> Prepared {
+    match load(path, workload, config) {
+        Err(e) => Prepared::Rejected(e),
+        Ok(loaded) if last == Some(&loaded.policy) => Prepared::Unchanged {
+            warnings: loaded.warnings,
+        },
+        Ok(loaded) => {
+            let policy = Arc::new(loaded.policy);
+            let snapshot = Snapshot::from_workload(
+                WorkloadPolicy::clone(&policy),
+                format!("file {}", path.display()),
+            );
+            Prepared::Changed {
+                policy,
+                snapshot,
+                warnings: loaded.warnings,
+            }
+        }
+    }
 }
 
 impl FileSource {
-    /// Loads, compiles and publishes; `false` (and the table untouched) on error.
+    /// Loads, compiles and publishes on the calling thread (startup, before
+    /// any listener); `false` (and the table untouched) on error.
     fn reload(&mut self) -> bool {
-        match load(&self.path, &self.workload, &self.policy) {
-            Ok(loaded) => {
-                for w in &loaded.warnings {
-                    warn!(file = %self.path.display(), "policy warning: {w}");
-                }
-                if self.last.as_ref() == Some(&loaded.policy) {
-                    debug!(file = %self.path.display(), "policy file changed; policy unchanged");
-                    return true;
-                }
-                let ports = loaded.policy.ports.len();
-                self.last = Some(loaded.policy.clone());
-                self.table.publish(Snapshot::from_workload(
-                    loaded.policy,
-                    format!("file {}", self.path.display()),
-                ));
+        let prepared = prepare(
+            &self.path,
+            &self.workload,
+            &self.policy,
+            self.last.as_deref(),
+        );
+        self.apply(prepared)
+    }
+
+    /// The same while serving: the preparing runs on a blocking thread. On
+    /// the runtime, a large policy stalled every connection of a
+    /// single-worker proxy for the whole parse (about 15 ms of CPU for
+    /// 10,000 authorizations: wrk's maximum latency went from 4.5 ms to
+    /// 14.6 ms with such a file reloaded once a second, 5.8 ms after).
+    async fn reload_off_runtime(&mut self) -> bool {
+        let (path, workload, config) = (
+            self.path.clone(),
+            self.workload.clone(),
+            self.policy.clone(),
+        );
+        let last = self.last.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            prepare(&path, &workload, &config, last.as_deref())
+        });
+        match job.await {
+            Ok(prepared) => self.apply(prepared),
+            Err(e) => {
+                // Only a panic gets here: the policy in force stays until the
+                // file's next change.
+                self.metrics.policy_errors.inc();
+                error!(file = %self.path.display(), error = %e, "policy reload failed; the last good policy stays in force");
+                false
+            }
+        }
+    }
+
+    /// Publishes a prepared reload, or logs why not.
+    fn apply(&mut self, prepared: Prepared) -> bool {
+        let file = self.path.display();
+        match prepared {
+            Prepared::Unchanged { warnings } => {
+                log_warnings(&self.path, &warnings);
+                debug!(%file, "policy file changed; policy unchanged");
+                true
+            }
+            Prepared::Changed {
+                policy,
+                snapshot,
+                warnings,
+            } => {
+                log_warnings(&self.path, &warnings);
+                let ports = policy.ports.len();
+                self.last = Some(policy);
+                self.table.publish(snapshot);
                 let generation = self.table.generation();
                 self.metrics.policy_generation.set(generation as i64);
                 self.ready.send_replace(true);
-                info!(
-                    file = %self.path.display(),
-                    workload = %self.workload,
-                    ports,
-                    generation,
-                    "policy loaded"
-                );
+                info!(%file, workload = %self.workload, ports, generation, "policy loaded");
                 true
             }
-            Err(e) => {
+            Prepared::Rejected(e) => {
                 self.metrics.policy_errors.inc();
                 let errors: Vec<String> = match &e {
                     LoadError::Resources(errs) => errs.0.iter().map(|e| e.to_string()).collect(),
                     LoadError::Compile(c) => vec![c.to_string()],
                 };
                 for err in &errors {
-                    error!(file = %self.path.display(), "invalid policy: {err}");
+                    error!(%file, "invalid policy: {err}");
                 }
                 error!(
-                    file = %self.path.display(),
+                    %file,
                     errors = errors.len(),
                     "policy rejected; the last good policy stays in force"
                 );
@@ -295,7 +379,7 @@ impl FileSource {
             }
             seen = now;
             debug!(file = %self.path.display(), "policy file changed");
-            self.reload();
+            self.reload_off_runtime().await;
         }
     }
 }
@@ -484,16 +568,7 @@ mod tests {
     fn without_a_watch_the_source_sleeps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("not-yet").join("policy.yaml");
-        let config = PolicyConfig::default();
-        let source = FileSource {
-            path,
-            workload: "ns/pod".into(),
-            policy: config.clone(),
-            table: Arc::new(PolicyTable::new(Snapshot::from_config(&config, "test"))),
-            metrics: Arc::new(Metrics::new()),
-            ready: watch::Sender::new(false),
-            last: None,
-        };
+        let source = file_source(path);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -506,6 +581,80 @@ mod tests {
         let used = thread_ticks() - before;
         // Spinning for 500 ms uses about 50 ticks (10 ms each).
         assert!(used < 15, "the source used {used} ticks of CPU in 500 ms");
+    }
+
+    const WEB_POLICY: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: ns
+  labels: {app: web}
+spec:
+  containers:
+  - name: app
+    ports:
+    - {name: http, containerPort: 8080}
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {name: web-http, namespace: ns}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: http
+  proxyProtocol: HTTP/1
+";
+
+    fn file_source(path: PathBuf) -> FileSource {
+        let config = PolicyConfig::default();
+        FileSource {
+            path,
+            workload: "ns/web".into(),
+            policy: config.clone(),
+            table: Arc::new(PolicyTable::new(Snapshot::from_config(&config, "test"))),
+            metrics: Arc::new(Metrics::new()),
+            ready: watch::Sender::new(false),
+            last: None,
+        }
+    }
+
+    /// A reload while serving reads and compiles off the runtime. The policy
+    /// file is a FIFO here, so reading it blocks until somebody writes, and
+    /// the writer is a task of the same single-threaded runtime: had the
+    /// reload read on the runtime's only thread, the writer could never run.
+    #[test]
+    fn a_reload_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo failed");
+        let mut source = file_source(path.clone());
+        let before = source.table.generation();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let loaded = rt.block_on(async {
+                let writer = async {
+                    tokio::task::yield_now().await;
+                    std::fs::write(&path, WEB_POLICY).expect("write into the FIFO");
+                };
+                tokio::join!(source.reload_off_runtime(), writer).0
+            });
+            let _ = done_tx.send((loaded, source));
+        });
+        let (loaded, source) = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reload blocked the runtime: its writer never ran");
+        assert!(loaded, "the policy was not applied");
+        assert_eq!(source.table.generation(), before + 1);
+        assert!(source.last.is_some_and(|p| p.ports.contains_key(&8080)));
+        assert_eq!(source.metrics.policy_errors.get(), 0);
     }
 
     /// Through a real inotify watch: appends to a log beside the policy
