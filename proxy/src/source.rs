@@ -229,8 +229,8 @@ enum Prepared {
 
 /// Loads, compiles, compares with the policy in force and builds the
 /// snapshot: everything of a reload that costs time in proportion to the
-/// file (about 15 ms of CPU for 10,000 authorizations), and nothing that
-/// touches the table.
+/// file (about 15 ms of CPU for 1,000 authorizations, 140 ms for 10,000),
+/// and nothing that touches the table.
 fn prepare(
     path: &Path,
     workload: &str,
@@ -272,9 +272,9 @@ impl FileSource {
 
     /// The same while serving: the preparing runs on a blocking thread. On
     /// the runtime, a large policy stalled every connection of a
-    /// single-worker proxy for the whole parse (about 15 ms of CPU for
-    /// 10,000 authorizations: wrk's maximum latency went from 4.5 ms to
-    /// 14.6 ms with such a file reloaded once a second, 5.8 ms after).
+    /// single-worker proxy for the whole parse: with 10,000 authorizations
+    /// reloaded once a second, wrk's p99 was 122 ms, and 5 ms since
+    /// (benches/RESULTS.md, pass 7).
     async fn reload_off_runtime(&mut self) -> bool {
         let (path, workload, config) = (
             self.path.clone(),
