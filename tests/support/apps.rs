@@ -112,8 +112,9 @@ pub async fn echo_app() -> App {
 
 /// A port with nothing listening (the app is down).
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    // Not an ephemeral port: another connection could take that as its
+    // source, or another test's listener as its port (see `free_addr`).
+    e2e::free_addr().port()
 }
 
 /// `--map` for an app port: (the proxy's listen address, the flag value).

@@ -54,20 +54,38 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A loopback address with a port that was free a moment ago.
 ///
-/// The kernel may hand the same ephemeral port to two successive binds once
-/// the first listener is dropped, so a test asking for several addresses
-/// could get one twice: ports already handed out in this process are skipped.
+/// The port comes from below the kernel's ephemeral range. A port from
+/// `bind(":0")` is ephemeral: once the probe releases it, any connection
+/// opened in the meantime (by a test client, a proxy, an app) may take it
+/// as its source port, and then the proxy's bind fails with "address in
+/// use", or a port meant to stay closed answers. CI saw both. Below the
+/// range, only explicit binds take ports. Each port is handed out once per
+/// process, from a start that differs between processes.
 pub fn free_addr() -> SocketAddr {
-    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = l.local_addr().expect("local addr");
-        let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
-        if !issued.contains(&addr.port()) {
-            issued.push(addr.port());
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    const LOW: u16 = 10_000;
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = u32::from(high - LOW);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut port = next.unwrap_or_else(|| LOW + (std::process::id() * 7_919 % span) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= high { LOW } else { port + 1 };
+        let addr = SocketAddr::from(([127, 0, 0, 1], candidate));
+        if TcpListener::bind(addr).is_ok() {
+            *next = Some(port);
             return addr;
         }
     }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 by default).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Waits until something accepts TCP connections on `addr`.
