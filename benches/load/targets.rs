@@ -12,7 +12,7 @@
 //! outlive the run (`Proc` stops it on drop). Called by `scenarios.rs`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -139,9 +139,11 @@ impl Running {
     }
 }
 
+/// A loopback port for a target to listen on: from below the ephemeral
+/// range and never handed out twice (`e2e::free_addr`), so it cannot
+/// collide with a load generator's source ports or another target's port.
 fn free_port() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
+    Ok(e2e::free_addr())
 }
 
 /// Where the proxies forward to for this protocol.
