@@ -509,7 +509,7 @@ async fn write(inner: Arc<Inner>, mut rx: mpsc::Receiver<Update>) {
                 inc(&inner.counters.updates_applied);
             }
             Ok(None) => {}
-            // Only a panic gets here; the policy in force stays.
+            // A panic, or the runtime shutting down: the policy in force stays.
             Err(error) => tracing::error!(%error, "policy update failed"),
         }
         let states = inner.lock_ports();

@@ -288,8 +288,8 @@ impl FileSource {
         match job.await {
             Ok(prepared) => self.apply(prepared),
             Err(e) => {
-                // Only a panic gets here: the policy in force stays until the
-                // file's next change.
+                // A panic, or the runtime shutting down: the policy in force
+                // stays until the file's next change.
                 self.metrics.policy_errors.inc();
                 error!(file = %self.path.display(), error = %e, "policy reload failed; the last good policy stays in force");
                 false
