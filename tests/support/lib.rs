@@ -67,7 +67,9 @@ pub fn free_addr() -> SocketAddr {
     let high = ephemeral_low().max(LOW + 1_000);
     let span = u32::from(high - LOW);
     let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-    let mut port = next.unwrap_or_else(|| LOW + (std::process::id() * 7_919 % span) as u16);
+    // u64: a pid times the stride overflows u32 for pids above 542,000.
+    let start = u64::from(std::process::id()) * 7_919 % u64::from(span);
+    let mut port = next.unwrap_or(LOW + start as u16);
     for _ in 0..span {
         let candidate = port;
         port = if port + 1 >= high { LOW } else { port + 1 };
