@@ -77,23 +77,40 @@ impl Snapshot {
         }
     }
 
-    /// Every port of a compiled workload.
-    pub fn from_workload(workload: WorkloadPolicy, source: impl Into<String>) -> Self {
-        let ports = workload
-            .ports
-            .iter()
-            .map(|(port, policy)| (*port, Arc::new(Authorizer::from(policy.clone()))))
+    /// Every port of a compiled workload (its port policies move into the
+    /// authorizers; the rest is the fallback).
+    pub fn from_workload(mut workload: WorkloadPolicy, source: impl Into<String>) -> Self {
+        let ports = std::mem::take(&mut workload.ports)
+            .into_iter()
+            .map(|(port, policy)| (port, Arc::new(Authorizer::from(policy))))
             .collect();
-        let fallback = WorkloadPolicy {
-            ports: Default::default(),
-            ..workload
-        };
         Snapshot {
             ports,
-            fallback,
+            fallback: workload,
             source: source.into(),
             fallback_cache: FallbackCache::new(),
         }
+    }
+
+    /// Whether [`Snapshot::from_workload`] of `workload` would decide exactly
+    /// as this snapshot does: a reload that compiles to this changes nothing.
+    pub fn holds(&self, workload: &WorkloadPolicy) -> bool {
+        // Destructured whole, so a field added later is compared too.
+        let WorkloadPolicy {
+            workload: name,
+            ports,
+            default_policy,
+            opaque_ports,
+            cluster_networks,
+        } = workload;
+        self.ports.len() == ports.len()
+            && ports
+                .iter()
+                .all(|(port, p)| self.ports.get(port).is_some_and(|a| a.policy() == p))
+            && self.fallback.workload == *name
+            && self.fallback.default_policy == *default_policy
+            && self.fallback.opaque_ports == *opaque_ports
+            && self.fallback.cluster_networks == *cluster_networks
     }
 
     /// A copy with one port's policy replaced (per-port controller updates).
@@ -222,6 +239,51 @@ mod tests {
         let next = snap.with_port(policy);
         assert_eq!(next.get(9000).server, Meta::policy("server", "web"));
         assert!(Arc::ptr_eq(&mysql, &next.get(3306)));
+    }
+
+    #[test]
+    fn a_snapshot_holds_exactly_the_workload_it_was_built_from() {
+        let config = PolicyConfig::default();
+        let mut web = config.fallback_port(8080);
+        web.server = Meta::policy("server", "web");
+        let workload = WorkloadPolicy {
+            workload: "ns/web".into(),
+            ports: [(8080, web.clone())].into_iter().collect(),
+            default_policy: DefaultPolicy::AllAuthenticated,
+            opaque_ports: config.opaque_ports.clone(),
+            cluster_networks: config.cluster_networks.clone(),
+        };
+        let snap = Snapshot::from_workload(workload.clone(), "test");
+        assert!(snap.holds(&workload));
+        assert_eq!(snap.get(8080).policy(), &web);
+
+        let mut other_port = workload.clone();
+        other_port.ports.get_mut(&8080).unwrap().server = Meta::policy("server", "api");
+        let mut extra_port = workload.clone();
+        extra_port.ports.insert(9090, config.fallback_port(9090));
+        let mut no_ports = workload.clone();
+        no_ports.ports.clear();
+        let mut other_default = workload.clone();
+        other_default.default_policy = DefaultPolicy::Deny;
+        let mut other_pod = workload.clone();
+        other_pod.workload = "ns/api".into();
+        let mut other_opaque = workload.clone();
+        other_opaque.opaque_ports.insert(9999);
+        for (why, changed) in [
+            ("a port's policy", other_port),
+            ("one more port", extra_port),
+            ("no ports", no_ports),
+            ("the default policy", other_default),
+            ("the workload", other_pod),
+            ("the opaque ports", other_opaque),
+        ] {
+            assert!(
+                !snap.holds(&changed),
+                "{why} changed, and the snapshot still holds it"
+            );
+        }
+        // The configured default (no workload) holds no compiled workload.
+        assert!(!Snapshot::from_config(&config, "default").holds(&workload));
     }
 
     #[test]
